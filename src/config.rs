@@ -1,0 +1,389 @@
+//! Typed settings. Sources, later ones winning: embedded defaults → `sopr.toml`
+//! (or the file `--config`/`SOPR_CONFIG` names) → `SOPR_*` environment variables
+//! → command-line overrides. `SOPR_DATABASE_URL` sets `database.url`: the part
+//! before the first `_` is the section; `__` may be used to nest explicitly.
+//! After merging, `validate()` rejects anything a person would have to debug at
+//! runtime, naming the key at fault. Secrets are `SecretString` and never printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub sops: SopsConfig,
+    pub routing: RoutingConfig,
+    pub escalation: EscalationConfig,
+    pub messages: MessagesConfig,
+    pub review: ReviewConfig,
+    pub bootstrap: BootstrapConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP server binds.
+    pub listen: String,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Whole-request timeout, in seconds.
+    pub request_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path.db` (created if missing) or `postgres://user:pass@host/db`.
+    #[serde(serialize_with = "serialize_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+    /// Apply migrations when `serve` starts. Defaults to on; for Postgres with
+    /// several replicas, run `sopr migrate` once instead and turn this off.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SopsConfig {
+    /// Folder of SOP YAML files (and `agents.yaml`).
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Threshold used by SOPs that do not set `escalation.min_confidence`.
+    pub default_min_confidence: f64,
+    /// Seed for training; the same seed and data give the same model.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EscalationConfig {
+    /// Flags that force review under every SOP (`pii.*` matches a family).
+    pub force_review_flags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// Longest accepted customer message, in characters.
+    pub max_text_chars: usize,
+    /// Tera template sent when a case is queued and its SOP has no `response.holding`.
+    pub holding_reply: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// How long a claim lasts without renewal, in seconds.
+    pub lease_secs: u64,
+    /// SLA for items whose SOP sets none (and for unrouted messages), in minutes.
+    pub default_sla_minutes: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// On an empty database, `serve` creates this tenant and prints an API key
+    /// for it once. Empty disables.
+    pub demo_tenant: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `sopr=debug,tower_http=info`.
+    pub level: String,
+    /// `pretty` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen: "127.0.0.1:8080".into(),
+                max_body_bytes: 64 * 1024,
+                request_timeout_secs: 30,
+            },
+            database: DatabaseConfig {
+                url: SecretString::from("sqlite://sopr.db"),
+                max_connections: 16,
+                migrate_on_start: true,
+            },
+            sops: SopsConfig { dir: PathBuf::from("sops") },
+            routing: RoutingConfig {
+                default_min_confidence: 0.6,
+                seed: 42,
+            },
+            escalation: EscalationConfig {
+                force_review_flags: vec!["pii.*".into(), "human_requested".into(), "topic.fraud".into()],
+            },
+            messages: MessagesConfig {
+                max_text_chars: 4000,
+                holding_reply: "Thanks {{ customer.name | default(value=\"for your message\") }}. A member of our team will \
+                                look at this and reply here shortly."
+                    .into(),
+            },
+            review: ReviewConfig {
+                lease_secs: 600,
+                default_sla_minutes: 240,
+            },
+            bootstrap: BootstrapConfig {
+                demo_tenant: "demo".into(),
+            },
+            log: LogConfig {
+                level: "info".into(),
+                format: LogFormat::Pretty,
+            },
+        }
+    }
+}
+
+macro_rules! impl_default_from_config {
+    ($($ty:ident => $field:ident),* $(,)?) => {
+        $(impl Default for $ty {
+            fn default() -> Self {
+                Config::default().$field
+            }
+        })*
+    };
+}
+
+impl_default_from_config!(
+    ServerConfig => server,
+    DatabaseConfig => database,
+    SopsConfig => sops,
+    RoutingConfig => routing,
+    EscalationConfig => escalation,
+    MessagesConfig => messages,
+    ReviewConfig => review,
+    BootstrapConfig => bootstrap,
+    LogConfig => log,
+);
+
+/// A setting that cannot work, with the key that holds it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(Box<figment::Error>),
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Command-line values that override every other source.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub database_url: Option<String>,
+    pub listen: Option<String>,
+    pub sops_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads the layered configuration. `file` is the explicit `--config`; without
+    /// it `sopr.toml` in the working directory is read when present.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        figment = match file {
+            Some(path) => figment.merge(Toml::file_exact(path)),
+            None => figment.merge(Toml::file("sopr.toml")),
+        };
+        figment = figment.merge(env_provider());
+        if let Some(url) = &overrides.database_url {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        if let Some(listen) = &overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(dir) = &overrides.sops_dir {
+            figment = figment.merge(Serialized::default("sops.dir", dir));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid("server.listen", format!("`{}` is not an ADDR:PORT socket address", self.server.listen));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes", "must be at least 1024".into());
+        }
+        if self.server.request_timeout_secs == 0 {
+            return invalid("server.request_timeout_secs", "must be positive".into());
+        }
+        if crate::store::Backend::from_url(self.database.url.expose_secret()).is_none() {
+            return invalid(
+                "database.url",
+                format!("`{}` must start with sqlite:// or postgres://", self.database_url_masked()),
+            );
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.routing.default_min_confidence) {
+            return invalid("routing.default_min_confidence", "must be between 0 and 1".into());
+        }
+        for flag in &self.escalation.force_review_flags {
+            if !crate::routing::screen::is_valid_flag_pattern(flag) {
+                return invalid(
+                    "escalation.force_review_flags",
+                    format!("`{flag}` is not a flag name such as `pii.card_number` or `pii.*`"),
+                );
+            }
+        }
+        if self.messages.max_text_chars == 0 {
+            return invalid("messages.max_text_chars", "must be positive".into());
+        }
+        if let Err(err) = tera::Tera::one_off(&self.messages.holding_reply, &crate::agent::sample_context(), false) {
+            return invalid("messages.holding_reply", crate::sop::tera_error_chain(&err));
+        }
+        if self.review.lease_secs < 10 {
+            return invalid("review.lease_secs", "must be at least 10 seconds".into());
+        }
+        if self.review.default_sla_minutes == 0 {
+            return invalid("review.default_sla_minutes", "must be positive".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return invalid("log.level", format!("`{}` is not a valid log filter", self.log.level));
+        }
+        Ok(())
+    }
+
+    /// The database URL with any password replaced by `***`.
+    pub fn database_url_masked(&self) -> String {
+        mask_url(self.database.url.expose_secret())
+    }
+
+    /// The effective configuration as TOML, secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+fn env_provider() -> Env {
+    // `SOPR_CONFIG` names the file and `SOPR_TEST_*` belongs to the test suite.
+    Env::prefixed("SOPR_")
+        .filter(|key| {
+            let key = key.as_str();
+            key != "config" && !key.starts_with("test_")
+        })
+        .map(|key| {
+            let key = key.as_str();
+            if key.contains("__") {
+                key.replace("__", ".").into()
+            } else {
+                key.replacen('_', ".", 1).into()
+            }
+        })
+}
+
+fn serialize_url<S: serde::Serializer>(url: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    // Defaults are fed back through serde by figment, so the real value must
+    // survive serialisation; masking happens only when printing.
+    s.serialize_str(url.expose_secret())
+}
+
+fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((auth, host)) => (Some(auth), host),
+        None => (None, rest),
+    };
+    let host = mask_query_password(host);
+    match auth.map(|a| a.split_once(':')) {
+        Some(Some((user, _))) => format!("{scheme}://{user}:***@{host}"),
+        Some(None) => format!("{scheme}://{}@{host}", auth.unwrap_or_default()),
+        None => format!("{scheme}://{host}"),
+    }
+}
+
+fn mask_query_password(rest: &str) -> String {
+    let Some((path, query)) = rest.split_once('?') else {
+        return rest.to_string();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+fn toml_string(config: &Config) -> String {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if let Some(db) = value.get_mut("database").and_then(|d| d.as_object_mut()) {
+        db.insert("url".into(), serde_json::Value::String(config.database_url_masked()));
+    }
+    let mut out = String::new();
+    if let Some(sections) = value.as_object() {
+        for (section, body) in sections {
+            out.push_str(&format!("[{section}]\n"));
+            if let Some(body) = body.as_object() {
+                for (key, v) in body {
+                    out.push_str(&format!("{key} = {}\n", toml_value(v)));
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn toml_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) if s.contains('\n') => format!("'''\n{s}'''"),
+        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_in_urls() {
+        assert_eq!(mask_url("postgres://sopr:hunter2@db:5432/sopr"), "postgres://sopr:***@db:5432/sopr");
+        assert_eq!(mask_url("postgres://db/sopr?password=x&sslmode=require"), "postgres://db/sopr?password=***&sslmode=require");
+        assert_eq!(mask_url("sqlite://sopr.db"), "sqlite://sopr.db");
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn print_config_hides_the_password() {
+        let mut config = Config::default();
+        config.database.url = SecretString::from("postgres://u:topsecret@h/db");
+        let printed = config.to_masked_toml();
+        assert!(!printed.contains("topsecret"), "{printed}");
+        assert!(printed.contains("postgres://u:***@h/db"));
+        assert!(!format!("{config:?}").contains("topsecret"));
+    }
+}

@@ -1,0 +1,393 @@
+//! One inbound customer message → one decision. This is the only place that
+//! knows the order of the steps (screen → route → resolve SOP → draft → decide →
+//! persist) and the only place that decides whether a reply goes out without a
+//! person. The rules are declared (SOP escalation block, config); the model only
+//! ranks intents.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{Duration, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::agent::{self, ConversationView, CustomerView, DraftContext, MessageView};
+use crate::config::Config;
+use crate::routing::screen::{self, flag_matches};
+use crate::routing::{Classifier, Flag};
+use crate::sop::{Priority, Sop, SopSet};
+use crate::store::{
+    Conversation, Decision, Exchange, Idempotency, NewMessage, NewReviewItem, ReviewPlan, Role, Store, StoreError, Tenant,
+};
+
+/// A validated inbound message.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub conversation_id: Option<Uuid>,
+    pub customer: Customer,
+    pub text: String,
+    pub channel: Option<String>,
+    pub metadata: Option<Value>,
+    pub idempotency_key: Option<String>,
+    /// Hash of the request body, to tell a retry from a reused key.
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Customer {
+    pub id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// What the API answers for one message.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Outcome {
+    pub conversation_id: Uuid,
+    pub message_id: Uuid,
+    /// `answered` or `queued`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review_id: Option<Uuid>,
+    pub route: Route,
+    pub flags: Vec<String>,
+    /// Why the case was queued (empty when answered).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Route {
+    pub intent: Option<String>,
+    pub sop: Option<String>,
+    pub confidence: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("conversation {0} not found")]
+    ConversationNotFound(Uuid),
+    #[error("conversation {conversation} belongs to another customer")]
+    CustomerMismatch { conversation: Uuid },
+    #[error("the Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a case needs a person. Rendered as `low_confidence`, `flag:pii.email`, …
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    NoRoute,
+    LowConfidence,
+    AlwaysReview,
+    Flag(String),
+    TemplateError,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::NoRoute => f.write_str("no_route"),
+            Reason::LowConfidence => f.write_str("low_confidence"),
+            Reason::AlwaysReview => f.write_str("always_review"),
+            Reason::Flag(name) => write!(f, "flag:{name}"),
+            Reason::TemplateError => f.write_str("template_error"),
+        }
+    }
+}
+
+/// The escalation rule. A case is answered automatically only if every reason
+/// list is empty; nothing else in sopr may send an unreviewed reply.
+pub fn decide(sop: Option<&Sop>, confidence: f64, flags: &[Flag], draft_ok: bool, config: &Config) -> Vec<Reason> {
+    let mut reasons = Vec::new();
+    let Some(sop) = sop else {
+        reasons.push(Reason::NoRoute);
+        reasons.extend(forced_flags(flags, &config.escalation.force_review_flags, &[]));
+        return reasons;
+    };
+    let esc = &sop.file.escalation;
+    let threshold = esc.min_confidence.unwrap_or(config.routing.default_min_confidence);
+    if confidence < threshold {
+        reasons.push(Reason::LowConfidence);
+    }
+    if esc.always_review {
+        reasons.push(Reason::AlwaysReview);
+    }
+    reasons.extend(forced_flags(flags, &config.escalation.force_review_flags, &esc.on_flags));
+    if !draft_ok {
+        reasons.push(Reason::TemplateError);
+    }
+    reasons
+}
+
+fn forced_flags(flags: &[Flag], global: &[String], sop: &[String]) -> Vec<Reason> {
+    flags
+        .iter()
+        .filter(|f| global.iter().chain(sop).any(|p| flag_matches(p, &f.name)))
+        .map(|f| Reason::Flag(f.name.clone()))
+        .collect()
+}
+
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    sops: Arc<SopSet>,
+    classifier: Arc<Classifier>,
+    config: Arc<Config>,
+}
+
+impl Pipeline {
+    pub fn new(store: Arc<dyn Store>, sops: Arc<SopSet>, classifier: Arc<Classifier>, config: Arc<Config>) -> Pipeline {
+        Pipeline {
+            store,
+            sops,
+            classifier,
+            config,
+        }
+    }
+
+    pub fn sops(&self) -> &Arc<SopSet> {
+        &self.sops
+    }
+
+    pub fn classifier(&self) -> &Arc<Classifier> {
+        &self.classifier
+    }
+
+    /// Handles one message. Returns the outcome and whether it is a replay of an
+    /// earlier request with the same idempotency key.
+    pub async fn handle(&self, tenant: &Tenant, inbound: &Inbound) -> Result<(Outcome, bool), PipelineError> {
+        if let Some(replay) = self.replay(tenant, inbound).await? {
+            return Ok((replay, true));
+        }
+        // Two attempts: a concurrent message on the same conversation may open or
+        // resolve its review item between our read and our write.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.process(tenant, inbound).await {
+                Err(PipelineError::Store(StoreError::Conflict(name))) if name == "messages_idempotency" => {
+                    return match self.replay(tenant, inbound).await? {
+                        Some(replay) => Ok((replay, true)),
+                        None => Err(PipelineError::Store(StoreError::Conflict(name))),
+                    };
+                }
+                Err(PipelineError::Store(StoreError::Conflict(name)))
+                    if attempt < 3 && (name == "review_items_one_open" || name == "review_resolved") =>
+                {
+                    continue;
+                }
+                other => return other.map(|o| (o, false)),
+            }
+        }
+    }
+
+    async fn replay(&self, tenant: &Tenant, inbound: &Inbound) -> Result<Option<Outcome>, PipelineError> {
+        let Some(key) = &inbound.idempotency_key else {
+            return Ok(None);
+        };
+        let Some(stored) = self.store.idempotent_replay(tenant.id, key).await? else {
+            return Ok(None);
+        };
+        if stored.request_hash != inbound.request_hash {
+            return Err(PipelineError::IdempotencyKeyReused);
+        }
+        serde_json::from_value(stored.response)
+            .map(Some)
+            .map_err(|e| PipelineError::Store(StoreError::Other(e.into())))
+    }
+
+    async fn process(&self, tenant: &Tenant, inbound: &Inbound) -> Result<Outcome, PipelineError> {
+        let started = Instant::now();
+        let now = Utc::now();
+        let existing = match inbound.conversation_id {
+            Some(id) => {
+                let conversation =
+                    self.store.conversation(tenant.id, id).await?.ok_or(PipelineError::ConversationNotFound(id))?;
+                if conversation.customer_id != inbound.customer.id {
+                    return Err(PipelineError::CustomerMismatch { conversation: id });
+                }
+                Some(conversation)
+            }
+            None => None,
+        };
+        let conversation_id = existing.as_ref().map_or_else(Uuid::now_v7, |c| c.id);
+        let open_review = match &existing {
+            Some(c) => self.store.open_review_for_conversation(tenant.id, c.id).await?,
+            None => None,
+        };
+
+        let t_screen = Instant::now();
+        let flags = screen::screen(&inbound.text);
+        let screen_us = t_screen.elapsed().as_micros() as u64;
+        let t_route = Instant::now();
+        let ranked = self.classifier.classify(&inbound.text);
+        let route_us = t_route.elapsed().as_micros() as u64;
+        let (intent, confidence) = ranked.first().cloned().unwrap_or_default();
+        let sop = self.sops.for_intent(&intent).cloned();
+
+        let flag_names: Vec<&str> = flags.iter().map(|f| f.name.as_str()).collect();
+        let context = DraftContext {
+            customer: CustomerView {
+                id: &inbound.customer.id,
+                name: inbound.customer.name.as_deref(),
+                email: inbound.customer.email.as_deref(),
+            },
+            message: MessageView {
+                text: &inbound.text,
+                channel: inbound.channel.as_deref(),
+            },
+            conversation: ConversationView { id: conversation_id },
+            intent: &intent,
+            confidence,
+            flags: flag_names.clone(),
+        };
+        let t_draft = Instant::now();
+        let draft = sop.as_deref().map(|s| agent::draft(&self.sops, s, &context));
+        let draft_us = t_draft.elapsed().as_micros() as u64;
+        if let Some(Err(err)) = &draft {
+            tracing::error!(sop = sop.as_ref().map(|s| s.reference()), error = %err, "SOP template failed to render");
+        }
+        let draft_text = draft.as_ref().and_then(|d| d.as_ref().ok()).cloned();
+        let reasons = decide(sop.as_deref(), confidence, &flags, draft_text.is_some() || sop.is_none(), &self.config);
+
+        let message_id = Uuid::now_v7();
+        let decision_id = Uuid::now_v7();
+        let sop_ref = sop.as_ref().map(|s| s.reference());
+        let (outcome, decision_outcome, reply_text, review) = if let Some(open) = &open_review {
+            // The case is with a person: the bot stays silent on this conversation.
+            ("queued", "joined", None, ReviewPlan::Join { review_id: open.id })
+        } else if reasons.is_empty() {
+            ("answered", "answered", draft_text.clone(), ReviewPlan::None)
+        } else {
+            let esc = sop.as_ref().map(|s| &s.file.escalation);
+            let sla = esc.and_then(|e| e.sla_minutes).unwrap_or(self.config.review.default_sla_minutes);
+            let priority = esc.map_or(Priority::Normal, |e| e.priority);
+            let holding = self.holding_reply(sop.as_deref(), &context);
+            let item = NewReviewItem {
+                id: Uuid::now_v7(),
+                priority: priority.rank(),
+                reasons: json!(reasons.iter().map(ToString::to_string).collect::<Vec<_>>()),
+                draft: draft_text.clone(),
+                due_at: now + Duration::minutes(i64::from(sla)),
+            };
+            ("queued", "queued", Some(holding), ReviewPlan::Create(item))
+        };
+        let review_id = match &review {
+            ReviewPlan::Create(item) => Some(item.id),
+            ReviewPlan::Join { review_id } => Some(*review_id),
+            ReviewPlan::None => None,
+        };
+        let top: Vec<Value> = ranked.iter().take(3).map(|(i, p)| json!({ "intent": i, "probability": p })).collect();
+        let response = Outcome {
+            conversation_id,
+            message_id,
+            outcome: outcome.into(),
+            reply: reply_text.clone(),
+            review_id,
+            route: Route {
+                intent: (!intent.is_empty()).then(|| intent.clone()),
+                sop: sop_ref.clone(),
+                confidence,
+            },
+            flags: flag_names.iter().map(|s| s.to_string()).collect(),
+            reasons: reasons.iter().map(ToString::to_string).collect(),
+        };
+        let response_json = serde_json::to_value(&response).map_err(|e| StoreError::Other(e.into()))?;
+        let decision = Decision {
+            id: decision_id,
+            conversation_id,
+            message_id,
+            intent: response.route.intent.clone(),
+            confidence,
+            top_intents: sqlx::types::Json(Value::Array(top)),
+            flags: sqlx::types::Json(serde_json::to_value(&flags).unwrap_or_default()),
+            sop_ref,
+            model_version: self.classifier.version().to_string(),
+            outcome: decision_outcome.into(),
+            reasons: sqlx::types::Json(json!(response.reasons)),
+            draft: draft_text,
+            timings: sqlx::types::Json(json!({
+                "screen_us": screen_us,
+                "route_us": route_us,
+                "draft_us": draft_us,
+                "total_us": started.elapsed().as_micros() as u64,
+            })),
+            created_at: now,
+        };
+        let new_conversation = existing.is_none().then(|| Conversation {
+            id: conversation_id,
+            tenant_id: tenant.id,
+            customer_id: inbound.customer.id.clone(),
+            customer_name: inbound.customer.name.clone(),
+            customer_email: inbound.customer.email.clone(),
+            channel: inbound.channel.clone(),
+            created_at: now,
+            updated_at: now,
+        });
+        let exchange = Exchange {
+            tenant_id: tenant.id,
+            new_conversation,
+            conversation_id,
+            inbound: NewMessage {
+                id: message_id,
+                role: Role::Customer,
+                body: inbound.text.clone(),
+                metadata: inbound.metadata.clone(),
+                idempotency: inbound.idempotency_key.as_ref().map(|key| Idempotency {
+                    key: key.clone(),
+                    request_hash: inbound.request_hash.clone(),
+                    response: response_json,
+                }),
+                created_at: now,
+            },
+            decision,
+            reply: reply_text.map(|body| NewMessage {
+                id: Uuid::now_v7(),
+                role: Role::Bot,
+                body,
+                metadata: None,
+                idempotency: None,
+                // Strictly after the customer's message so conversations read in order.
+                created_at: now + Duration::microseconds(1),
+            }),
+            review,
+        };
+        self.store.record_exchange(&exchange).await?;
+        tracing::info!(
+            tenant = %tenant.name,
+            conversation = %conversation_id,
+            outcome,
+            intent = %intent,
+            confidence = format!("{confidence:.3}"),
+            flags = ?response.flags,
+            reasons = ?response.reasons,
+            text = %screen::mask_pii(&truncate(&inbound.text, 120)),
+            "message decided"
+        );
+        Ok(response)
+    }
+
+    fn holding_reply(&self, sop: Option<&Sop>, context: &DraftContext<'_>) -> String {
+        let tera_context = context.for_sop(sop);
+        if let Some(result) = sop.and_then(|s| self.sops.render_holding(s, &tera_context)) {
+            match result {
+                Ok(text) => return text,
+                Err(err) => tracing::error!(error = %err, "SOP holding reply failed to render; using the default"),
+            }
+        }
+        tera::Tera::one_off(&self.config.messages.holding_reply, &tera_context, false)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "Thanks for your message. A member of our team will reply here shortly.".into())
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}

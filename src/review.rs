@@ -1,0 +1,229 @@
+//! Review queue rules: what a reviewer may do to an item and what each action
+//! writes. The store makes every transition atomic (claims under row locks,
+//! optimistic versions on resolve); this module decides which transitions and
+//! inputs are allowed, and turns an action into the reply, audit event and
+//! feedback row it produces.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::sop::SopSet;
+use crate::store::{
+    Claim, NewFeedback, NewMessage, NewReviewEvent, Resolution, ReviewItem, ReviewState, Role, Store, StoreError,
+};
+
+/// What a reviewer does to finish an item.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Send the draft as it is.
+    Approve,
+    /// Send a reply the reviewer wrote or edited.
+    Edit { reply: String },
+    /// Close without replying (spam, duplicate, handled elsewhere).
+    Reject { reason: String },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Edit { .. } => "edit",
+            Action::Reject { .. } => "reject",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("review item not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for ReviewError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => ReviewError::NotFound,
+            StoreError::Conflict(message) => ReviewError::Conflict(message),
+            other => ReviewError::Store(other),
+        }
+    }
+}
+
+/// The longest reply or reason a reviewer may send, in characters.
+const MAX_REPLY_CHARS: usize = 10_000;
+
+pub struct ReviewService {
+    store: Arc<dyn Store>,
+    sops: Arc<SopSet>,
+    lease: Duration,
+}
+
+/// The state a person should see: a claim whose lease ran out is open again.
+pub fn effective_state(item: &ReviewItem, now: DateTime<Utc>) -> ReviewState {
+    match item.state.as_str() {
+        "resolved" => ReviewState::Resolved,
+        "claimed" if item.lease_expires_at.is_some_and(|t| t >= now) => ReviewState::Claimed,
+        _ => ReviewState::Open,
+    }
+}
+
+impl ReviewService {
+    pub fn new(store: Arc<dyn Store>, sops: Arc<SopSet>, lease_secs: u64) -> ReviewService {
+        ReviewService {
+            store,
+            sops,
+            lease: Duration::seconds(i64::try_from(lease_secs).unwrap_or(i64::MAX / 1000)),
+        }
+    }
+
+    fn claim(&self, reviewer: &str) -> Result<Claim, ReviewError> {
+        let reviewer = validate_reviewer(reviewer)?;
+        let now = Utc::now();
+        Ok(Claim {
+            reviewer,
+            now,
+            lease_until: now + self.lease,
+        })
+    }
+
+    pub async fn claim_next(&self, tenant_id: Uuid, reviewer: &str) -> Result<Option<ReviewItem>, ReviewError> {
+        let claim = self.claim(reviewer)?;
+        Ok(self.store.claim_next_review(tenant_id, &claim).await?)
+    }
+
+    pub async fn claim_item(&self, tenant_id: Uuid, id: Uuid, reviewer: &str) -> Result<ReviewItem, ReviewError> {
+        let claim = self.claim(reviewer)?;
+        Ok(self.store.claim_review(tenant_id, id, &claim).await?)
+    }
+
+    /// Heartbeat: extends the lease of an item the reviewer holds.
+    pub async fn renew(&self, tenant_id: Uuid, id: Uuid, reviewer: &str) -> Result<ReviewItem, ReviewError> {
+        let claim = self.claim(reviewer)?;
+        Ok(self.store.renew_review_lease(tenant_id, id, &claim).await?)
+    }
+
+    pub async fn release(&self, tenant_id: Uuid, id: Uuid, reviewer: &str) -> Result<ReviewItem, ReviewError> {
+        let reviewer = validate_reviewer(reviewer)?;
+        Ok(self.store.release_review(tenant_id, id, &reviewer, Utc::now()).await?)
+    }
+
+    /// Resolves an item the reviewer holds. `intent` corrects (or confirms) the
+    /// router's label for the feedback store; `expected_version` guards against
+    /// resolving an item that changed since the reviewer loaded it.
+    pub async fn resolve(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+        action: Action,
+        intent: Option<String>,
+        expected_version: Option<i64>,
+    ) -> Result<ReviewItem, ReviewError> {
+        let reviewer = validate_reviewer(reviewer)?;
+        if let Some(intent) = &intent
+            && self.sops.for_intent(intent).is_none()
+        {
+            return Err(ReviewError::Invalid {
+                field: "intent",
+                message: format!("`{intent}` is not an intent of any active SOP"),
+            });
+        }
+        let item = self.store.review(tenant_id, id).await?.ok_or(ReviewError::NotFound)?;
+        let now = Utc::now();
+        let (final_reply, event_data) = match &action {
+            Action::Approve => {
+                let draft = item.draft.clone().ok_or_else(|| ReviewError::Invalid {
+                    field: "action",
+                    message: "this item has no draft to approve; send an edited reply instead".into(),
+                })?;
+                (Some(draft.clone()), json!({ "after": draft }))
+            }
+            Action::Edit { reply } => {
+                let reply = non_empty("reply", reply)?;
+                (Some(reply.clone()), json!({ "before": item.draft, "after": reply }))
+            }
+            Action::Reject { reason } => {
+                let reason = non_empty("reason", reason)?;
+                (None, json!({ "reason": reason }))
+            }
+        };
+        // Approving or editing confirms the routed intent unless the reviewer corrects it.
+        let label_intent = match (&intent, &action) {
+            (Some(i), _) => Some(i.clone()),
+            (None, Action::Reject { .. }) => None,
+            (None, _) => match self.store.decision(tenant_id, item.decision_id).await? {
+                Some(decision) => decision.intent,
+                None => None,
+            },
+        };
+        let mut event_data = event_data;
+        event_data["label_intent"] = json!(label_intent);
+        event_data["version"] = json!(item.version);
+        let resolution = Resolution {
+            review_id: id,
+            reviewer: reviewer.clone(),
+            expected_version,
+            action: action.name().into(),
+            final_reply: final_reply.clone(),
+            reply_message: final_reply.map(|body| NewMessage {
+                id: Uuid::now_v7(),
+                role: Role::Reviewer,
+                body,
+                metadata: Some(json!({ "review_id": id, "reviewer": reviewer })),
+                idempotency: None,
+                created_at: now,
+            }),
+            event: NewReviewEvent {
+                id: Uuid::now_v7(),
+                actor: reviewer.clone(),
+                kind: format!("resolved.{}", action.name()),
+                data: event_data,
+            },
+            feedback: NewFeedback {
+                id: Uuid::now_v7(),
+                label_intent,
+            },
+            now,
+        };
+        Ok(self.store.resolve_review(tenant_id, &resolution).await?)
+    }
+}
+
+fn validate_reviewer(reviewer: &str) -> Result<String, ReviewError> {
+    let reviewer = reviewer.trim();
+    if reviewer.is_empty() || reviewer.chars().count() > 200 {
+        return Err(ReviewError::Invalid {
+            field: "reviewer",
+            message: "must be a non-empty name of at most 200 characters".into(),
+        });
+    }
+    Ok(reviewer.to_string())
+}
+
+fn non_empty(field: &'static str, value: &str) -> Result<String, ReviewError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ReviewError::Invalid {
+            field,
+            message: "must not be empty".into(),
+        });
+    }
+    if value.chars().count() > MAX_REPLY_CHARS {
+        return Err(ReviewError::Invalid {
+            field,
+            message: format!("must be at most {MAX_REPLY_CHARS} characters"),
+        });
+    }
+    Ok(value.to_string())
+}

@@ -1,0 +1,9 @@
+//! Routing: which intent a message is about, how sure we are, and which
+//! sensitivity flags it raises. The classifier only ranks intents; it never
+//! decides escalation (that is `pipeline`'s job, from declared rules).
+
+pub mod classifier;
+pub mod screen;
+
+pub use classifier::{Classifier, Ranked};
+pub use screen::{Flag, screen};

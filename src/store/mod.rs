@@ -1,0 +1,391 @@
+//! Persistence. The `Store` trait is the only way the rest of sopr reaches the
+//! database; SQL lives here and nowhere else. Two implementations share one body
+//! of portable SQL (see `sql.rs`): SQLite for zero-setup installs and Postgres for
+//! production and replicas. Both pass the same conformance suite
+//! (`tests/store_conformance.rs`).
+//!
+//! Methods are named after what the caller means (`claim_next_review`), and the
+//! ones that must be atomic (`record_exchange`, `resolve_review`) take everything
+//! they write in one call so that the implementation can use one transaction.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error")]
+    Other(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict(db.constraint().unwrap_or("unique constraint").to_string())
+            }
+            other => StoreError::Other(other.into()),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(err: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Other(err.into())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Connects to the database the URL names. Does not run migrations.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+    match Backend::from_url(url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::connect(url, max_connections).await?)),
+        None => Err(StoreError::Other(anyhow::anyhow!(
+            "unsupported database URL scheme (expected sqlite:// or postgres://)"
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub customer_id: String,
+    pub customer_name: Option<String>,
+    pub customer_email: Option<String>,
+    pub channel: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Who wrote a message in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Bot,
+    Reviewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Bot => "bot",
+            Role::Reviewer => "reviewer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Message {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub role: String,
+    pub body: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A message to insert. Inbound customer messages carry the idempotency data.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: Uuid,
+    pub role: Role,
+    pub body: String,
+    pub metadata: Option<Value>,
+    pub idempotency: Option<Idempotency>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The stored outcome of a request made with an `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub request_hash: String,
+    pub response: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotentReplay {
+    pub request_hash: String,
+    pub response: Value,
+}
+
+/// Why and how the pipeline decided one message. Written once, never updated.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Decision {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub message_id: Uuid,
+    pub intent: Option<String>,
+    pub confidence: f64,
+    pub top_intents: sqlx::types::Json<Value>,
+    pub flags: sqlx::types::Json<Value>,
+    pub sop_ref: Option<String>,
+    pub model_version: String,
+    pub outcome: String,
+    pub reasons: sqlx::types::Json<Value>,
+    pub draft: Option<String>,
+    pub timings: sqlx::types::Json<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// States of a review item. `claimed` with an expired lease counts as open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewState {
+    Open,
+    Claimed,
+    Resolved,
+}
+
+impl ReviewState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewState::Open => "open",
+            ReviewState::Claimed => "claimed",
+            ReviewState::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ReviewItem {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub conversation_id: Uuid,
+    pub decision_id: Uuid,
+    pub state: String,
+    pub priority: i32,
+    pub sop_ref: Option<String>,
+    pub reasons: sqlx::types::Json<Value>,
+    pub draft: Option<String>,
+    pub due_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub resolution: Option<String>,
+    pub final_reply: Option<String>,
+    pub resolved_by: Option<String>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub message_count: i32,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewReviewItem {
+    pub id: Uuid,
+    pub priority: i32,
+    pub reasons: Value,
+    pub draft: Option<String>,
+    pub due_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ReviewEvent {
+    pub id: Uuid,
+    pub review_id: Uuid,
+    pub actor: String,
+    pub kind: String,
+    pub data: sqlx::types::Json<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Feedback {
+    pub id: Uuid,
+    pub review_id: Uuid,
+    pub decision_id: Uuid,
+    pub customer_text: String,
+    pub predicted_intent: Option<String>,
+    pub label_intent: Option<String>,
+    pub sop_ref: Option<String>,
+    pub action: String,
+    pub draft: Option<String>,
+    pub final_reply: Option<String>,
+    pub reviewer: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One SOP version as loaded from disk, recorded so decisions can be traced to it.
+#[derive(Debug, Clone)]
+pub struct SopVersionRecord {
+    pub sop_id: String,
+    pub version: i64,
+    pub hash: String,
+    pub status: String,
+    pub agent: String,
+    pub title: String,
+    pub content: String,
+}
+
+/// Everything one inbound message writes, committed in one transaction.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub tenant_id: Uuid,
+    /// The conversation to create, or `None` to append to an existing one.
+    pub new_conversation: Option<Conversation>,
+    pub conversation_id: Uuid,
+    pub inbound: NewMessage,
+    pub decision: Decision,
+    pub reply: Option<NewMessage>,
+    pub review: ReviewPlan,
+}
+
+/// What an exchange does to the review queue.
+#[derive(Debug, Clone)]
+pub enum ReviewPlan {
+    None,
+    Create(NewReviewItem),
+    /// Append the message to the conversation's open item.
+    Join { review_id: Uuid },
+}
+
+/// Filters for listing review items.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewFilter {
+    /// `None` lists every unresolved item (open or claimed).
+    pub state: Option<ReviewState>,
+    pub limit: i64,
+}
+
+/// A reviewer's final action on an item, with everything it writes.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub review_id: Uuid,
+    pub reviewer: String,
+    /// Optimistic lock: the item version the reviewer saw.
+    pub expected_version: Option<i64>,
+    pub action: String,
+    pub final_reply: Option<String>,
+    pub reply_message: Option<NewMessage>,
+    pub event: NewReviewEvent,
+    pub feedback: NewFeedback,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewReviewEvent {
+    pub id: Uuid,
+    pub actor: String,
+    pub kind: String,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewFeedback {
+    pub id: Uuid,
+    pub label_intent: Option<String>,
+}
+
+/// A claim request: who, until when, and the id of the audit event to write.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub reviewer: String,
+    pub now: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Applies pending migrations of this backend.
+    async fn migrate(&self) -> Result<()>;
+
+    // --- tenants and keys -------------------------------------------------
+    async fn tenant_count(&self) -> Result<i64>;
+    /// Returns the tenant with this name, creating it if needed (`true` when created).
+    async fn ensure_tenant(&self, name: &str) -> Result<(Tenant, bool)>;
+    async fn insert_api_key(&self, tenant_id: Uuid, prefix: &str, key_hash: &str) -> Result<()>;
+    /// The tenant owning an unrevoked key with this hash.
+    async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<Tenant>>;
+
+    // --- SOP versions -----------------------------------------------------
+    /// Records the loaded SOP versions; already-known (id, version, hash) rows are kept.
+    async fn record_sop_versions(&self, versions: &[SopVersionRecord]) -> Result<()>;
+    async fn sop_version_hashes(&self, sop_id: &str) -> Result<Vec<(i64, String)>>;
+
+    // --- message path -----------------------------------------------------
+    async fn idempotent_replay(&self, tenant_id: Uuid, key: &str) -> Result<Option<IdempotentReplay>>;
+    async fn conversation(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Conversation>>;
+    async fn open_review_for_conversation(&self, tenant_id: Uuid, conversation_id: Uuid) -> Result<Option<ReviewItem>>;
+    /// Writes one inbound message and everything decided about it atomically.
+    /// A reused idempotency key fails with `Conflict("messages_idempotency")`; a
+    /// second open review item on the conversation with `Conflict("review_items_one_open")`.
+    async fn record_exchange(&self, exchange: &Exchange) -> Result<()>;
+    async fn conversation_messages(&self, tenant_id: Uuid, conversation_id: Uuid) -> Result<Vec<Message>>;
+    async fn decision(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Decision>>;
+
+    // --- review queue -----------------------------------------------------
+    async fn list_reviews(&self, tenant_id: Uuid, filter: &ReviewFilter, now: DateTime<Utc>) -> Result<Vec<ReviewItem>>;
+    async fn review(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<ReviewItem>>;
+    /// Claims the most urgent claimable item (open, or claimed with an expired lease).
+    async fn claim_next_review(&self, tenant_id: Uuid, claim: &Claim) -> Result<Option<ReviewItem>>;
+    /// Claims one item. `Conflict` when someone else holds a live lease or it is resolved.
+    async fn claim_review(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem>;
+    /// Extends the lease of an item the reviewer holds.
+    async fn renew_review_lease(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem>;
+    /// Returns a claimed item to the queue. `Conflict` unless `reviewer` holds it.
+    async fn release_review(&self, tenant_id: Uuid, id: Uuid, reviewer: &str, now: DateTime<Utc>) -> Result<ReviewItem>;
+    /// Resolves an item the reviewer holds, writing reply, audit event and feedback
+    /// in one transaction. `Conflict` on a stale version, a lost lease or a resolved item.
+    async fn resolve_review(&self, tenant_id: Uuid, resolution: &Resolution) -> Result<ReviewItem>;
+    async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>>;
+    async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Postgres backend: production and replicas. Claims use `FOR UPDATE SKIP LOCKED`
+//! so concurrent reviewers never wait on, or double-claim, the same row.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub async fn connect(url: &str, max_connections: u32) -> super::Result<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("sopr");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(PostgresStore { pool })
+    }
+
+    fn migrator(&self) -> sqlx::migrate::Migrator {
+        sqlx::migrate!("./migrations/postgres")
+    }
+
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Postgres>> {
+        self.pool.begin().await
+    }
+}
+
+super::sql::impl_store!(
+    PostgresStore,
+    Postgres,
+    backend = Backend::Postgres,
+    skip_locked = "FOR UPDATE SKIP LOCKED",
+    for_update = "FOR UPDATE"
+);

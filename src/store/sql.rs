@@ -1,0 +1,599 @@
+//! The SQL shared by both backends. SQLite and Postgres accept the same `$n`
+//! placeholders, `RETURNING`, `ON CONFLICT` and partial unique indexes, so one
+//! body of SQL serves both; the macro instantiates it per backend with the few
+//! clauses that differ (row locks, how a write transaction starts).
+
+use serde_json::Value;
+use sqlx::types::Json;
+
+/// Normalises a unique-violation name across backends: Postgres reports the
+/// constraint, SQLite only the columns.
+pub(crate) fn conflict_name(err: &dyn sqlx::error::DatabaseError) -> String {
+    if let Some(name) = err.constraint() {
+        return name.to_string();
+    }
+    let msg = err.message();
+    if msg.contains("messages.tenant_id, messages.idempotency_key") {
+        "messages_idempotency".into()
+    } else if msg.contains("review_items.conversation_id") {
+        "review_items_one_open".into()
+    } else {
+        msg.to_string()
+    }
+}
+
+pub(crate) fn json(value: &Value) -> Json<&Value> {
+    Json(value)
+}
+
+/// The columns of `ReviewItem`, as a literal so queries stay `&'static str`.
+macro_rules! review_columns {
+    () => {
+        "id, tenant_id, conversation_id, decision_id, state, priority, sop_ref, reasons, draft, due_at, claimed_by, \
+         lease_expires_at, resolution, final_reply, resolved_by, resolved_at, message_count, version, created_at, updated_at"
+    };
+}
+pub(crate) use review_columns;
+
+macro_rules! impl_store {
+    ($store:ty, $db:ty, backend = $backend:expr, skip_locked = $skip_locked:literal, for_update = $for_update:literal) => {
+        use $crate::store::sql::{conflict_name, json, review_columns};
+        use sqlx::types::Json;
+        use $crate::store::*;
+
+        fn map_err(err: sqlx::Error) -> StoreError {
+            match err {
+                sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(conflict_name(db.as_ref())),
+                other => StoreError::from(other),
+            }
+        }
+
+        async fn insert_event(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            tenant_id: Uuid,
+            review_id: Uuid,
+            actor: &str,
+            kind: &str,
+            data: &Value,
+            now: DateTime<Utc>,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO review_events (id, tenant_id, review_id, actor, kind, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(tenant_id)
+            .bind(review_id)
+            .bind(actor)
+            .bind(kind)
+            .bind(json(data))
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            Ok(())
+        }
+
+        async fn insert_message(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            tenant_id: Uuid,
+            conversation_id: Uuid,
+            msg: &NewMessage,
+        ) -> Result<()> {
+            let (key, hash, response) = match &msg.idempotency {
+                Some(i) => (Some(i.key.as_str()), Some(i.request_hash.as_str()), Some(json(&i.response))),
+                None => (None, None, None),
+            };
+            sqlx::query(
+                "INSERT INTO messages (id, tenant_id, conversation_id, role, body, metadata, idempotency_key, request_hash, response, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(msg.id)
+            .bind(tenant_id)
+            .bind(conversation_id)
+            .bind(msg.role.as_str())
+            .bind(&msg.body)
+            .bind(msg.metadata.as_ref().map(json))
+            .bind(key)
+            .bind(hash)
+            .bind(response)
+            .bind(msg.created_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+            Ok(())
+        }
+
+        async fn lock_review(tx: &mut sqlx::Transaction<'_, $db>, tenant_id: Uuid, id: Uuid) -> Result<ReviewItem> {
+            let sql = concat!("SELECT ", review_columns!(), " FROM review_items WHERE tenant_id = $1 AND id = $2 ", $for_update);
+            sqlx::query_as::<_, ReviewItem>(sql)
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)
+        }
+
+        /// Gives `item` to the claimant, logging a takeover of an expired lease.
+        async fn take_claim(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            item: &ReviewItem,
+            claim: &Claim,
+        ) -> Result<ReviewItem> {
+            if item.state == "claimed" {
+                if let Some(previous) = item.claimed_by.as_deref().filter(|p| *p != claim.reviewer) {
+                    let data = serde_json::json!({ "previous": previous, "lease_expires_at": item.lease_expires_at });
+                    insert_event(tx, item.tenant_id, item.id, "system", "lease_expired", &data, claim.now).await?;
+                }
+            }
+            let sql = concat!(
+                    "UPDATE review_items SET state = 'claimed', claimed_by = $1, lease_expires_at = $2, version = version + 1, updated_at = $3 \
+                 WHERE id = $4 RETURNING ",
+                    review_columns!()
+                );
+            let updated = sqlx::query_as::<_, ReviewItem>(sql)
+                .bind(&claim.reviewer)
+                .bind(claim.lease_until)
+                .bind(claim.now)
+                .bind(item.id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            let data = serde_json::json!({ "lease_expires_at": claim.lease_until, "version": updated.version });
+            insert_event(tx, item.tenant_id, item.id, &claim.reviewer, "claimed", &data, claim.now).await?;
+            Ok(updated)
+        }
+
+        #[async_trait::async_trait]
+        impl Store for $store {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<()> {
+                self.migrator().run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn tenant_count(&self) -> Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tenants").fetch_one(&self.pool).await?;
+                Ok(n)
+            }
+
+            async fn ensure_tenant(&self, name: &str) -> Result<(Tenant, bool)> {
+                let created = sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                    .bind(Uuid::now_v7())
+                    .bind(name)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                let tenant = sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok((tenant, created))
+            }
+
+            async fn insert_api_key(&self, tenant_id: Uuid, prefix: &str, key_hash: &str) -> Result<()> {
+                sqlx::query("INSERT INTO api_keys (id, tenant_id, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(Uuid::now_v7())
+                    .bind(tenant_id)
+                    .bind(prefix)
+                    .bind(key_hash)
+                    .bind(Utc::now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<Tenant>> {
+                Ok(sqlx::query_as::<_, Tenant>(
+                    "SELECT t.id, t.name, t.created_at FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+                     WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+                )
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn record_sop_versions(&self, versions: &[SopVersionRecord]) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let now = Utc::now();
+                for v in versions {
+                    sqlx::query(
+                        "INSERT INTO sop_versions (sop_id, version, hash, status, agent, title, content, first_seen) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sop_id, version, hash) DO UPDATE SET status = excluded.status",
+                    )
+                    .bind(&v.sop_id)
+                    .bind(v.version)
+                    .bind(&v.hash)
+                    .bind(&v.status)
+                    .bind(&v.agent)
+                    .bind(&v.title)
+                    .bind(&v.content)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn sop_version_hashes(&self, sop_id: &str) -> Result<Vec<(i64, String)>> {
+                Ok(sqlx::query_as("SELECT version, hash FROM sop_versions WHERE sop_id = $1 ORDER BY version, first_seen")
+                    .bind(sop_id)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn idempotent_replay(&self, tenant_id: Uuid, key: &str) -> Result<Option<IdempotentReplay>> {
+                let row: Option<(Option<String>, Option<Json<Value>>)> = sqlx::query_as(
+                    "SELECT request_hash, response FROM messages WHERE tenant_id = $1 AND idempotency_key = $2",
+                )
+                .bind(tenant_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|(hash, response)| IdempotentReplay {
+                    request_hash: hash.unwrap_or_default(),
+                    response: response.map(|j| j.0).unwrap_or(Value::Null),
+                }))
+            }
+
+            async fn conversation(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Conversation>> {
+                Ok(sqlx::query_as::<_, Conversation>(
+                    "SELECT id, tenant_id, customer_id, customer_name, customer_email, channel, created_at, updated_at \
+                     FROM conversations WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn open_review_for_conversation(&self, tenant_id: Uuid, conversation_id: Uuid) -> Result<Option<ReviewItem>> {
+                let sql = concat!("SELECT ", review_columns!(), " FROM review_items WHERE tenant_id = $1 AND conversation_id = $2 AND state <> 'resolved'");
+                Ok(sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(tenant_id)
+                    .bind(conversation_id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn record_exchange(&self, ex: &Exchange) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let now = ex.inbound.created_at;
+                match &ex.new_conversation {
+                    Some(c) => {
+                        sqlx::query(
+                            "INSERT INTO conversations (id, tenant_id, customer_id, customer_name, customer_email, channel, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        )
+                        .bind(c.id)
+                        .bind(c.tenant_id)
+                        .bind(&c.customer_id)
+                        .bind(&c.customer_name)
+                        .bind(&c.customer_email)
+                        .bind(&c.channel)
+                        .bind(c.created_at)
+                        .bind(c.updated_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    }
+                    None => {
+                        sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2 AND tenant_id = $3")
+                            .bind(now)
+                            .bind(ex.conversation_id)
+                            .bind(ex.tenant_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_err)?;
+                    }
+                }
+                insert_message(&mut tx, ex.tenant_id, ex.conversation_id, &ex.inbound).await?;
+                let d = &ex.decision;
+                sqlx::query(
+                    "INSERT INTO decisions (id, tenant_id, conversation_id, message_id, intent, confidence, top_intents, flags, sop_ref, \
+                     model_version, outcome, reasons, draft, timings, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                )
+                .bind(d.id)
+                .bind(ex.tenant_id)
+                .bind(d.conversation_id)
+                .bind(d.message_id)
+                .bind(&d.intent)
+                .bind(d.confidence)
+                .bind(&d.top_intents)
+                .bind(&d.flags)
+                .bind(&d.sop_ref)
+                .bind(&d.model_version)
+                .bind(&d.outcome)
+                .bind(&d.reasons)
+                .bind(&d.draft)
+                .bind(&d.timings)
+                .bind(d.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                match &ex.review {
+                    ReviewPlan::None => {}
+                    ReviewPlan::Create(item) => {
+                        sqlx::query(
+                            "INSERT INTO review_items (id, tenant_id, conversation_id, decision_id, state, priority, sop_ref, reasons, draft, \
+                             due_at, message_count, version, created_at, updated_at) \
+                             VALUES ($1, $2, $3, $4, 'open', $5, $6, $7, $8, $9, 1, 1, $10, $10)",
+                        )
+                        .bind(item.id)
+                        .bind(ex.tenant_id)
+                        .bind(ex.conversation_id)
+                        .bind(d.id)
+                        .bind(item.priority)
+                        .bind(&d.sop_ref)
+                        .bind(json(&item.reasons))
+                        .bind(&item.draft)
+                        .bind(item.due_at)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                        let data = serde_json::json!({ "decision_id": d.id, "reasons": item.reasons, "priority": item.priority });
+                        insert_event(&mut tx, ex.tenant_id, item.id, "system", "created", &data, now).await?;
+                    }
+                    ReviewPlan::Join { review_id } => {
+                        let joined = sqlx::query(
+                            "UPDATE review_items SET message_count = message_count + 1, version = version + 1, updated_at = $1 \
+                             WHERE id = $2 AND tenant_id = $3 AND state <> 'resolved'",
+                        )
+                        .bind(now)
+                        .bind(review_id)
+                        .bind(ex.tenant_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .rows_affected();
+                        if joined == 0 {
+                            return Err(StoreError::Conflict("review_resolved".into()));
+                        }
+                        let data = serde_json::json!({ "message_id": ex.inbound.id, "decision_id": d.id, "flags": d.flags.0 });
+                        insert_event(&mut tx, ex.tenant_id, *review_id, "customer", "customer_message", &data, now).await?;
+                    }
+                }
+                if let Some(reply) = &ex.reply {
+                    insert_message(&mut tx, ex.tenant_id, ex.conversation_id, reply).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn conversation_messages(&self, tenant_id: Uuid, conversation_id: Uuid) -> Result<Vec<Message>> {
+                Ok(sqlx::query_as::<_, Message>(
+                    "SELECT id, conversation_id, role, body, created_at FROM messages \
+                     WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY created_at, id",
+                )
+                .bind(tenant_id)
+                .bind(conversation_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn decision(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Decision>> {
+                Ok(sqlx::query_as::<_, Decision>(
+                    "SELECT id, conversation_id, message_id, intent, confidence, top_intents, flags, sop_ref, model_version, outcome, \
+                     reasons, draft, timings, created_at FROM decisions WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_reviews(&self, tenant_id: Uuid, filter: &ReviewFilter, now: DateTime<Utc>) -> Result<Vec<ReviewItem>> {
+                // $2 (now) is bound in every variant so that one bind list serves all.
+                let sql = match filter.state {
+                    None => concat!(
+                        "SELECT ", review_columns!(),
+                        " FROM review_items WHERE tenant_id = $1 AND state <> 'resolved' AND $2 IS NOT NULL \
+                         ORDER BY priority DESC, due_at, created_at LIMIT $3"
+                    ),
+                    Some(ReviewState::Open) => concat!(
+                        "SELECT ", review_columns!(),
+                        " FROM review_items WHERE tenant_id = $1 AND (state = 'open' OR (state = 'claimed' AND lease_expires_at < $2)) \
+                         ORDER BY priority DESC, due_at, created_at LIMIT $3"
+                    ),
+                    Some(ReviewState::Claimed) => concat!(
+                        "SELECT ", review_columns!(),
+                        " FROM review_items WHERE tenant_id = $1 AND state = 'claimed' AND lease_expires_at >= $2 \
+                         ORDER BY priority DESC, due_at, created_at LIMIT $3"
+                    ),
+                    Some(ReviewState::Resolved) => concat!(
+                        "SELECT ", review_columns!(),
+                        " FROM review_items WHERE tenant_id = $1 AND state = 'resolved' AND $2 IS NOT NULL ORDER BY resolved_at DESC LIMIT $3"
+                    ),
+                };
+                Ok(sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(tenant_id)
+                    .bind(now)
+                    .bind(filter.limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn review(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<ReviewItem>> {
+                let sql = concat!("SELECT ", review_columns!(), " FROM review_items WHERE tenant_id = $1 AND id = $2");
+                Ok(sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(tenant_id)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn claim_next_review(&self, tenant_id: Uuid, claim: &Claim) -> Result<Option<ReviewItem>> {
+                let mut tx = self.begin_write().await?;
+                let sql = concat!(
+                    "SELECT ",
+                    review_columns!(),
+                    " FROM review_items WHERE tenant_id = $1 \
+                     AND (state = 'open' OR (state = 'claimed' AND lease_expires_at < $2)) \
+                     ORDER BY priority DESC, due_at, created_at LIMIT 1 ",
+                    $skip_locked
+                );
+                let Some(item) = sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(tenant_id)
+                    .bind(claim.now)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let claimed = take_claim(&mut tx, &item, claim).await?;
+                tx.commit().await?;
+                Ok(Some(claimed))
+            }
+
+            async fn claim_review(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem> {
+                let mut tx = self.begin_write().await?;
+                let item = lock_review(&mut tx, tenant_id, id).await?;
+                match item.state.as_str() {
+                    "resolved" => return Err(StoreError::Conflict("the item is already resolved".into())),
+                    "claimed" if item.claimed_by.as_deref() != Some(claim.reviewer.as_str())
+                        && item.lease_expires_at.is_some_and(|t| t >= claim.now) =>
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "the item is claimed by {}",
+                            item.claimed_by.as_deref().unwrap_or("another reviewer")
+                        )));
+                    }
+                    _ => {}
+                }
+                let claimed = take_claim(&mut tx, &item, claim).await?;
+                tx.commit().await?;
+                Ok(claimed)
+            }
+
+            async fn renew_review_lease(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem> {
+                let sql = concat!(
+                    "UPDATE review_items SET lease_expires_at = $1, updated_at = $2 \
+                     WHERE tenant_id = $3 AND id = $4 AND state = 'claimed' AND claimed_by = $5 AND lease_expires_at >= $2 RETURNING ",
+                    review_columns!()
+                );
+                sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(claim.lease_until)
+                    .bind(claim.now)
+                    .bind(tenant_id)
+                    .bind(id)
+                    .bind(&claim.reviewer)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or_else(|| StoreError::Conflict("the lease is not held by this reviewer".into()))
+            }
+
+            async fn release_review(&self, tenant_id: Uuid, id: Uuid, reviewer: &str, now: DateTime<Utc>) -> Result<ReviewItem> {
+                let mut tx = self.begin_write().await?;
+                let item = lock_review(&mut tx, tenant_id, id).await?;
+                if item.state != "claimed" || item.claimed_by.as_deref() != Some(reviewer) {
+                    return Err(StoreError::Conflict("the item is not claimed by this reviewer".into()));
+                }
+                let sql = concat!(
+                    "UPDATE review_items SET state = 'open', claimed_by = NULL, lease_expires_at = NULL, version = version + 1, \
+                     updated_at = $1 WHERE id = $2 RETURNING ",
+                    review_columns!()
+                );
+                let released = sqlx::query_as::<_, ReviewItem>(sql).bind(now).bind(id).fetch_one(&mut *tx).await?;
+                insert_event(&mut tx, tenant_id, id, reviewer, "released", &serde_json::json!({}), now).await?;
+                tx.commit().await?;
+                Ok(released)
+            }
+
+            async fn resolve_review(&self, tenant_id: Uuid, r: &Resolution) -> Result<ReviewItem> {
+                let mut tx = self.begin_write().await?;
+                let item = lock_review(&mut tx, tenant_id, r.review_id).await?;
+                if item.state == "resolved" {
+                    return Err(StoreError::Conflict("the item is already resolved".into()));
+                }
+                if item.state != "claimed" || item.claimed_by.as_deref() != Some(r.reviewer.as_str()) {
+                    return Err(StoreError::Conflict("claim the item before resolving it".into()));
+                }
+                if item.lease_expires_at.is_none_or(|t| t < r.now) {
+                    return Err(StoreError::Conflict("the lease on this item has expired; claim it again".into()));
+                }
+                if let Some(expected) = r.expected_version.filter(|v| *v != item.version) {
+                    return Err(StoreError::Conflict(format!(
+                        "the item changed since version {expected} (now {}); reload it",
+                        item.version
+                    )));
+                }
+                let sql = concat!(
+                    "UPDATE review_items SET state = 'resolved', resolution = $1, final_reply = $2, resolved_by = $3, resolved_at = $4, \
+                     lease_expires_at = NULL, version = version + 1, updated_at = $4 WHERE id = $5 RETURNING ",
+                    review_columns!()
+                );
+                let resolved = sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(&r.action)
+                    .bind(&r.final_reply)
+                    .bind(&r.reviewer)
+                    .bind(r.now)
+                    .bind(r.review_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if let Some(reply) = &r.reply_message {
+                    insert_message(&mut tx, tenant_id, item.conversation_id, reply).await?;
+                    sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+                        .bind(r.now)
+                        .bind(item.conversation_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                insert_event(&mut tx, tenant_id, r.review_id, &r.event.actor, &r.event.kind, &r.event.data, r.now).await?;
+                sqlx::query(
+                    "INSERT INTO feedback (id, tenant_id, review_id, decision_id, customer_text, predicted_intent, label_intent, sop_ref, \
+                     action, draft, final_reply, reviewer, created_at) \
+                     SELECT $1, $2, $3, d.id, m.body, d.intent, $4, $5, $6, $7, $8, $9, $10 \
+                     FROM decisions d JOIN messages m ON m.id = d.message_id WHERE d.id = $11",
+                )
+                .bind(r.feedback.id)
+                .bind(tenant_id)
+                .bind(r.review_id)
+                .bind(&r.feedback.label_intent)
+                .bind(&item.sop_ref)
+                .bind(&r.action)
+                .bind(&item.draft)
+                .bind(&r.final_reply)
+                .bind(&r.reviewer)
+                .bind(r.now)
+                .bind(item.decision_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(resolved)
+            }
+
+            async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>> {
+                Ok(sqlx::query_as::<_, ReviewEvent>(
+                    "SELECT id, review_id, actor, kind, data, created_at FROM review_events \
+                     WHERE tenant_id = $1 AND review_id = $2 ORDER BY created_at, id",
+                )
+                .bind(tenant_id)
+                .bind(review_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>> {
+                Ok(sqlx::query_as::<_, Feedback>(
+                    "SELECT id, review_id, decision_id, customer_text, predicted_intent, label_intent, sop_ref, action, draft, \
+                     final_reply, reviewer, created_at FROM feedback WHERE tenant_id = $1 AND review_id = $2 ORDER BY created_at, id",
+                )
+                .bind(tenant_id)
+                .bind(review_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;
