@@ -60,9 +60,17 @@ pub fn draft(sops: &SopSet, sop: &Sop, context: &DraftContext<'_>) -> Result<Str
     sops.render_reply(sop, &context.for_sop(Some(sop)))
 }
 
-fn sample(name: Option<&'static str>, email: Option<&'static str>, channel: Option<&'static str>) -> tera::Context {
+fn sample(
+    name: Option<&'static str>,
+    email: Option<&'static str>,
+    channel: Option<&'static str>,
+) -> tera::Context {
     let ctx = DraftContext {
-        customer: CustomerView { id: "cust-123", name, email },
+        customer: CustomerView {
+            id: "cust-123",
+            name,
+            email,
+        },
         message: MessageView {
             text: "I lost my card yesterday, can you help?",
             channel,
@@ -73,7 +81,10 @@ fn sample(name: Option<&'static str>, email: Option<&'static str>, channel: Opti
         flags: vec![],
     };
     let mut context = ctx.for_sop(None);
-    context.insert("sop", &serde_json::json!({ "id": "sample-sop", "version": 1, "title": "Sample SOP" }));
+    context.insert(
+        "sop",
+        &serde_json::json!({ "id": "sample-sop", "version": 1, "title": "Sample SOP" }),
+    );
     context.insert("steps", &Vec::<String>::new());
     context
 }

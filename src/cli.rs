@@ -116,7 +116,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("migrations applied to {}", config.database_url_masked());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sops(SopsCommand::Check { dir, format }) => Ok(check_sops(&dir.unwrap_or(config.sops.dir), format)),
+        Command::Sops(SopsCommand::Check { dir, format }) => {
+            Ok(check_sops(&dir.unwrap_or(config.sops.dir), format))
+        }
         Command::Keys(KeysCommand::Create { tenant }) => {
             let tenant = tenant.trim();
             anyhow::ensure!(!tenant.is_empty(), "--tenant must not be empty");
@@ -209,9 +211,20 @@ pub fn check_sops(dir: &std::path::Path, format: Format) -> ExitCode {
                         set.training_examples().len()
                     );
                 }
-                None => println!("{}: {errors} error(s), {warnings} warning(s)", dir.display()),
+                None => println!(
+                    "{}: {errors} error(s), {warnings} warning(s)",
+                    dir.display()
+                ),
             }
         }
     }
-    if report.diagnostics.iter().any(|d| d.severity == Severity::Error) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if report
+        .diagnostics
+        .iter()
+        .any(|d| d.severity == Severity::Error)
+    {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -215,7 +215,9 @@ impl Config {
         if let Some(dir) = &overrides.sops_dir {
             figment = figment.merge(Serialized::default("sops.dir", dir));
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -223,7 +225,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
         if self.server.listen.parse::<SocketAddr>().is_err() {
-            return invalid("server.listen", format!("`{}` is not an ADDR:PORT socket address", self.server.listen));
+            return invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not an ADDR:PORT socket address",
+                    self.server.listen
+                ),
+            );
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes", "must be at least 1024".into());
@@ -234,14 +242,20 @@ impl Config {
         if crate::store::Backend::from_url(self.database.url.expose_secret()).is_none() {
             return invalid(
                 "database.url",
-                format!("`{}` must start with sqlite:// or postgres://", self.database_url_masked()),
+                format!(
+                    "`{}` must start with sqlite:// or postgres://",
+                    self.database_url_masked()
+                ),
             );
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be positive".into());
         }
         if !(0.0..=1.0).contains(&self.routing.default_min_confidence) {
-            return invalid("routing.default_min_confidence", "must be between 0 and 1".into());
+            return invalid(
+                "routing.default_min_confidence",
+                "must be between 0 and 1".into(),
+            );
         }
         for flag in &self.escalation.force_review_flags {
             if !crate::routing::screen::is_valid_flag_pattern(flag) {
@@ -254,7 +268,11 @@ impl Config {
         if self.messages.max_text_chars == 0 {
             return invalid("messages.max_text_chars", "must be positive".into());
         }
-        if let Err(err) = tera::Tera::one_off(&self.messages.holding_reply, &crate::agent::sample_context(), false) {
+        if let Err(err) = tera::Tera::one_off(
+            &self.messages.holding_reply,
+            &crate::agent::sample_context(),
+            false,
+        ) {
             return invalid("messages.holding_reply", crate::sop::tera_error_chain(&err));
         }
         if self.review.lease_secs < 10 {
@@ -264,7 +282,10 @@ impl Config {
             return invalid("review.default_sla_minutes", "must be positive".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return invalid("log.level", format!("`{}` is not a valid log filter", self.log.level));
+            return invalid(
+                "log.level",
+                format!("`{}` is not a valid log filter", self.log.level),
+            );
         }
         Ok(())
     }
@@ -336,7 +357,10 @@ fn mask_query_password(rest: &str) -> String {
 fn toml_string(config: &Config) -> String {
     let mut value = serde_json::to_value(config).unwrap_or_default();
     if let Some(db) = value.get_mut("database").and_then(|d| d.as_object_mut()) {
-        db.insert("url".into(), serde_json::Value::String(config.database_url_masked()));
+        db.insert(
+            "url".into(),
+            serde_json::Value::String(config.database_url_masked()),
+        );
     }
     let mut out = String::new();
     if let Some(sections) = value.as_object() {
@@ -356,7 +380,10 @@ fn toml_string(config: &Config) -> String {
 fn toml_value(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) if s.contains('\n') => format!("'''\n{s}'''"),
-        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(toml_value).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(toml_value).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_string(),
     }
 }
@@ -367,8 +394,14 @@ mod tests {
 
     #[test]
     fn masks_passwords_in_urls() {
-        assert_eq!(mask_url("postgres://sopr:hunter2@db:5432/sopr"), "postgres://sopr:***@db:5432/sopr");
-        assert_eq!(mask_url("postgres://db/sopr?password=x&sslmode=require"), "postgres://db/sopr?password=***&sslmode=require");
+        assert_eq!(
+            mask_url("postgres://sopr:hunter2@db:5432/sopr"),
+            "postgres://sopr:***@db:5432/sopr"
+        );
+        assert_eq!(
+            mask_url("postgres://db/sopr?password=x&sslmode=require"),
+            "postgres://db/sopr?password=***&sslmode=require"
+        );
         assert_eq!(mask_url("sqlite://sopr.db"), "sqlite://sopr.db");
     }
 

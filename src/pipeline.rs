@@ -18,7 +18,8 @@ use crate::routing::screen::{self, flag_matches};
 use crate::routing::{Classifier, Flag};
 use crate::sop::{Priority, Sop, SopSet};
 use crate::store::{
-    Conversation, Decision, Exchange, Idempotency, NewMessage, NewReviewItem, ReviewPlan, Role, Store, StoreError, Tenant,
+    Conversation, Decision, Exchange, Idempotency, NewMessage, NewReviewItem, ReviewPlan, Role,
+    Store, StoreError, Tenant,
 };
 
 /// A validated inbound message.
@@ -102,22 +103,38 @@ impl std::fmt::Display for Reason {
 
 /// The escalation rule. A case is answered automatically only if every reason
 /// list is empty; nothing else in sopr may send an unreviewed reply.
-pub fn decide(sop: Option<&Sop>, confidence: f64, flags: &[Flag], draft_ok: bool, config: &Config) -> Vec<Reason> {
+pub fn decide(
+    sop: Option<&Sop>,
+    confidence: f64,
+    flags: &[Flag],
+    draft_ok: bool,
+    config: &Config,
+) -> Vec<Reason> {
     let mut reasons = Vec::new();
     let Some(sop) = sop else {
         reasons.push(Reason::NoRoute);
-        reasons.extend(forced_flags(flags, &config.escalation.force_review_flags, &[]));
+        reasons.extend(forced_flags(
+            flags,
+            &config.escalation.force_review_flags,
+            &[],
+        ));
         return reasons;
     };
     let esc = &sop.file.escalation;
-    let threshold = esc.min_confidence.unwrap_or(config.routing.default_min_confidence);
+    let threshold = esc
+        .min_confidence
+        .unwrap_or(config.routing.default_min_confidence);
     if confidence < threshold {
         reasons.push(Reason::LowConfidence);
     }
     if esc.always_review {
         reasons.push(Reason::AlwaysReview);
     }
-    reasons.extend(forced_flags(flags, &config.escalation.force_review_flags, &esc.on_flags));
+    reasons.extend(forced_flags(
+        flags,
+        &config.escalation.force_review_flags,
+        &esc.on_flags,
+    ));
     if !draft_ok {
         reasons.push(Reason::TemplateError);
     }
@@ -140,7 +157,12 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(store: Arc<dyn Store>, sops: Arc<SopSet>, classifier: Arc<Classifier>, config: Arc<Config>) -> Pipeline {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sops: Arc<SopSet>,
+        classifier: Arc<Classifier>,
+        config: Arc<Config>,
+    ) -> Pipeline {
         Pipeline {
             store,
             sops,
@@ -159,7 +181,11 @@ impl Pipeline {
 
     /// Handles one message. Returns the outcome and whether it is a replay of an
     /// earlier request with the same idempotency key.
-    pub async fn handle(&self, tenant: &Tenant, inbound: &Inbound) -> Result<(Outcome, bool), PipelineError> {
+    pub async fn handle(
+        &self,
+        tenant: &Tenant,
+        inbound: &Inbound,
+    ) -> Result<(Outcome, bool), PipelineError> {
         if let Some(replay) = self.replay(tenant, inbound).await? {
             return Ok((replay, true));
         }
@@ -169,14 +195,17 @@ impl Pipeline {
         loop {
             attempt += 1;
             match self.process(tenant, inbound).await {
-                Err(PipelineError::Store(StoreError::Conflict(name))) if name == "messages_idempotency" => {
+                Err(PipelineError::Store(StoreError::Conflict(name)))
+                    if name == "messages_idempotency" =>
+                {
                     return match self.replay(tenant, inbound).await? {
                         Some(replay) => Ok((replay, true)),
                         None => Err(PipelineError::Store(StoreError::Conflict(name))),
                     };
                 }
                 Err(PipelineError::Store(StoreError::Conflict(name)))
-                    if attempt < 3 && (name == "review_items_one_open" || name == "review_resolved") =>
+                    if attempt < 3
+                        && (name == "review_items_one_open" || name == "review_resolved") =>
                 {
                     continue;
                 }
@@ -185,7 +214,11 @@ impl Pipeline {
         }
     }
 
-    async fn replay(&self, tenant: &Tenant, inbound: &Inbound) -> Result<Option<Outcome>, PipelineError> {
+    async fn replay(
+        &self,
+        tenant: &Tenant,
+        inbound: &Inbound,
+    ) -> Result<Option<Outcome>, PipelineError> {
         let Some(key) = &inbound.idempotency_key else {
             return Ok(None);
         };
@@ -205,8 +238,11 @@ impl Pipeline {
         let now = Utc::now();
         let existing = match inbound.conversation_id {
             Some(id) => {
-                let conversation =
-                    self.store.conversation(tenant.id, id).await?.ok_or(PipelineError::ConversationNotFound(id))?;
+                let conversation = self
+                    .store
+                    .conversation(tenant.id, id)
+                    .await?
+                    .ok_or(PipelineError::ConversationNotFound(id))?;
                 if conversation.customer_id != inbound.customer.id {
                     return Err(PipelineError::CustomerMismatch { conversation: id });
                 }
@@ -216,7 +252,11 @@ impl Pipeline {
         };
         let conversation_id = existing.as_ref().map_or_else(Uuid::now_v7, |c| c.id);
         let open_review = match &existing {
-            Some(c) => self.store.open_review_for_conversation(tenant.id, c.id).await?,
+            Some(c) => {
+                self.store
+                    .open_review_for_conversation(tenant.id, c.id)
+                    .await?
+            }
             None => None,
         };
 
@@ -240,31 +280,48 @@ impl Pipeline {
                 text: &inbound.text,
                 channel: inbound.channel.as_deref(),
             },
-            conversation: ConversationView { id: conversation_id },
+            conversation: ConversationView {
+                id: conversation_id,
+            },
             intent: &intent,
             confidence,
             flags: flag_names.clone(),
         };
         let t_draft = Instant::now();
-        let draft = sop.as_deref().map(|s| agent::draft(&self.sops, s, &context));
+        let draft = sop
+            .as_deref()
+            .map(|s| agent::draft(&self.sops, s, &context));
         let draft_us = t_draft.elapsed().as_micros() as u64;
         if let Some(Err(err)) = &draft {
             tracing::error!(sop = sop.as_ref().map(|s| s.reference()), error = %err, "SOP template failed to render");
         }
         let draft_text = draft.as_ref().and_then(|d| d.as_ref().ok()).cloned();
-        let reasons = decide(sop.as_deref(), confidence, &flags, draft_text.is_some() || sop.is_none(), &self.config);
+        let reasons = decide(
+            sop.as_deref(),
+            confidence,
+            &flags,
+            draft_text.is_some() || sop.is_none(),
+            &self.config,
+        );
 
         let message_id = Uuid::now_v7();
         let decision_id = Uuid::now_v7();
         let sop_ref = sop.as_ref().map(|s| s.reference());
         let (outcome, decision_outcome, reply_text, review) = if let Some(open) = &open_review {
             // The case is with a person: the bot stays silent on this conversation.
-            ("queued", "joined", None, ReviewPlan::Join { review_id: open.id })
+            (
+                "queued",
+                "joined",
+                None,
+                ReviewPlan::Join { review_id: open.id },
+            )
         } else if reasons.is_empty() {
             ("answered", "answered", draft_text.clone(), ReviewPlan::None)
         } else {
             let esc = sop.as_ref().map(|s| &s.file.escalation);
-            let sla = esc.and_then(|e| e.sla_minutes).unwrap_or(self.config.review.default_sla_minutes);
+            let sla = esc
+                .and_then(|e| e.sla_minutes)
+                .unwrap_or(self.config.review.default_sla_minutes);
             let priority = esc.map_or(Priority::Normal, |e| e.priority);
             let holding = self.holding_reply(sop.as_deref(), &context);
             let item = NewReviewItem {
@@ -281,7 +338,11 @@ impl Pipeline {
             ReviewPlan::Join { review_id } => Some(*review_id),
             ReviewPlan::None => None,
         };
-        let top: Vec<Value> = ranked.iter().take(3).map(|(i, p)| json!({ "intent": i, "probability": p })).collect();
+        let top: Vec<Value> = ranked
+            .iter()
+            .take(3)
+            .map(|(i, p)| json!({ "intent": i, "probability": p }))
+            .collect();
         let response = Outcome {
             conversation_id,
             message_id,
@@ -296,7 +357,8 @@ impl Pipeline {
             flags: flag_names.iter().map(|s| s.to_string()).collect(),
             reasons: reasons.iter().map(ToString::to_string).collect(),
         };
-        let response_json = serde_json::to_value(&response).map_err(|e| StoreError::Other(e.into()))?;
+        let response_json =
+            serde_json::to_value(&response).map_err(|e| StoreError::Other(e.into()))?;
         let decision = Decision {
             id: decision_id,
             conversation_id,
@@ -376,12 +438,16 @@ impl Pipeline {
         if let Some(result) = sop.and_then(|s| self.sops.render_holding(s, &tera_context)) {
             match result {
                 Ok(text) => return text,
-                Err(err) => tracing::error!(error = %err, "SOP holding reply failed to render; using the default"),
+                Err(err) => {
+                    tracing::error!(error = %err, "SOP holding reply failed to render; using the default")
+                }
             }
         }
         tera::Tera::one_off(&self.config.messages.holding_reply, &tera_context, false)
             .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "Thanks for your message. A member of our team will reply here shortly.".into())
+            .unwrap_or_else(|_| {
+                "Thanks for your message. A member of our team will reply here shortly.".into()
+            })
     }
 }
 

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::sop::SopSet;
 use crate::store::{
-    Claim, NewFeedback, NewMessage, NewReviewEvent, Resolution, ReviewItem, ReviewState, Role, Store, StoreError,
+    Claim, NewFeedback, NewMessage, NewReviewEvent, Resolution, ReviewItem, ReviewState, Role,
+    Store, StoreError,
 };
 
 /// What a reviewer does to finish an item.
@@ -45,7 +46,10 @@ pub enum ReviewError {
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Store(StoreError),
 }
@@ -97,25 +101,47 @@ impl ReviewService {
         })
     }
 
-    pub async fn claim_next(&self, tenant_id: Uuid, reviewer: &str) -> Result<Option<ReviewItem>, ReviewError> {
+    pub async fn claim_next(
+        &self,
+        tenant_id: Uuid,
+        reviewer: &str,
+    ) -> Result<Option<ReviewItem>, ReviewError> {
         let claim = self.claim(reviewer)?;
         Ok(self.store.claim_next_review(tenant_id, &claim).await?)
     }
 
-    pub async fn claim_item(&self, tenant_id: Uuid, id: Uuid, reviewer: &str) -> Result<ReviewItem, ReviewError> {
+    pub async fn claim_item(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+    ) -> Result<ReviewItem, ReviewError> {
         let claim = self.claim(reviewer)?;
         Ok(self.store.claim_review(tenant_id, id, &claim).await?)
     }
 
     /// Heartbeat: extends the lease of an item the reviewer holds.
-    pub async fn renew(&self, tenant_id: Uuid, id: Uuid, reviewer: &str) -> Result<ReviewItem, ReviewError> {
+    pub async fn renew(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+    ) -> Result<ReviewItem, ReviewError> {
         let claim = self.claim(reviewer)?;
         Ok(self.store.renew_review_lease(tenant_id, id, &claim).await?)
     }
 
-    pub async fn release(&self, tenant_id: Uuid, id: Uuid, reviewer: &str) -> Result<ReviewItem, ReviewError> {
+    pub async fn release(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+    ) -> Result<ReviewItem, ReviewError> {
         let reviewer = validate_reviewer(reviewer)?;
-        Ok(self.store.release_review(tenant_id, id, &reviewer, Utc::now()).await?)
+        Ok(self
+            .store
+            .release_review(tenant_id, id, &reviewer, Utc::now())
+            .await?)
     }
 
     /// Resolves an item the reviewer holds. `intent` corrects (or confirms) the
@@ -139,19 +165,27 @@ impl ReviewService {
                 message: format!("`{intent}` is not an intent of any active SOP"),
             });
         }
-        let item = self.store.review(tenant_id, id).await?.ok_or(ReviewError::NotFound)?;
+        let item = self
+            .store
+            .review(tenant_id, id)
+            .await?
+            .ok_or(ReviewError::NotFound)?;
         let now = Utc::now();
         let (final_reply, event_data) = match &action {
             Action::Approve => {
                 let draft = item.draft.clone().ok_or_else(|| ReviewError::Invalid {
                     field: "action",
-                    message: "this item has no draft to approve; send an edited reply instead".into(),
+                    message: "this item has no draft to approve; send an edited reply instead"
+                        .into(),
                 })?;
                 (Some(draft.clone()), json!({ "after": draft }))
             }
             Action::Edit { reply } => {
                 let reply = non_empty("reply", reply)?;
-                (Some(reply.clone()), json!({ "before": item.draft, "after": reply }))
+                (
+                    Some(reply.clone()),
+                    json!({ "before": item.draft, "after": reply }),
+                )
             }
             Action::Reject { reason } => {
                 let reason = non_empty("reason", reason)?;

@@ -23,19 +23,33 @@ pub struct Service {
 
 pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     use secrecy::ExposeSecret;
-    store::connect(config.database.url.expose_secret(), config.database.max_connections)
-        .await
-        .with_context(|| format!("cannot connect to database {}", config.database_url_masked()))
+    store::connect(
+        config.database.url.expose_secret(),
+        config.database.max_connections,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot connect to database {}",
+            config.database_url_masked()
+        )
+    })
 }
 
 pub async fn build(config: Config) -> anyhow::Result<Service> {
     let config = Arc::new(config);
     let store = connect_store(&config).await?;
     if config.database.migrate_on_start {
-        store.migrate().await.context("cannot apply database migrations")?;
+        store
+            .migrate()
+            .await
+            .context("cannot apply database migrations")?;
     }
     let (sops, diagnostics) = SopSet::load(&config.sops.dir)?;
-    for d in diagnostics.iter().filter(|d| d.severity == Severity::Warning) {
+    for d in diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+    {
         tracing::warn!("{d}");
     }
     record_sop_versions(store.as_ref(), &sops).await?;
@@ -46,7 +60,8 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         ..TrainOptions::default()
     };
     let started = std::time::Instant::now();
-    let classifier = Classifier::train(&examples, &options).context("cannot train the router from the SOP examples")?;
+    let classifier = Classifier::train(&examples, &options)
+        .context("cannot train the router from the SOP examples")?;
     tracing::info!(
         model = classifier.version(),
         intents = classifier.labels().len(),
@@ -57,8 +72,17 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
 
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
     let sops = Arc::new(sops);
-    let pipeline = Arc::new(Pipeline::new(store.clone(), sops.clone(), Arc::new(classifier), config.clone()));
-    let reviews = Arc::new(ReviewService::new(store.clone(), sops, config.review.lease_secs));
+    let pipeline = Arc::new(Pipeline::new(
+        store.clone(),
+        sops.clone(),
+        Arc::new(classifier),
+        config.clone(),
+    ));
+    let reviews = Arc::new(ReviewService::new(
+        store.clone(),
+        sops,
+        config.review.lease_secs,
+    ));
     Ok(Service {
         state: AppState {
             store,
@@ -74,7 +98,10 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
 async fn record_sop_versions(store: &dyn Store, sops: &SopSet) -> anyhow::Result<()> {
     for sop in &sops.versions {
         let known = store.sop_version_hashes(sop.id()).await?;
-        if known.iter().any(|(v, h)| *v == i64::from(sop.file.version) && *h != sop.hash) {
+        if known
+            .iter()
+            .any(|(v, h)| *v == i64::from(sop.file.version) && *h != sop.hash)
+        {
             tracing::warn!(
                 sop = sop.id(),
                 version = sop.file.version,
@@ -115,6 +142,8 @@ async fn bootstrap(store: &dyn Store, config: &Config) -> anyhow::Result<Option<
 pub async fn create_key(store: &dyn Store, tenant: &str) -> anyhow::Result<String> {
     let (tenant, _) = store.ensure_tenant(tenant).await?;
     let (key, hash) = crate::keys::generate();
-    store.insert_api_key(tenant.id, &crate::keys::display_prefix(&key), &hash).await?;
+    store
+        .insert_api_key(tenant.id, &crate::keys::display_prefix(&key), &hash)
+        .await?;
     Ok(key)
 }

@@ -50,7 +50,10 @@ async fn post_message(
         None => None,
         Some(v) => {
             let key = v.to_str().ok().map(str::trim).unwrap_or_default();
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.chars().all(|c| c.is_ascii_graphic()) {
+            if key.is_empty()
+                || key.len() > MAX_IDEMPOTENCY_KEY
+                || !key.chars().all(|c| c.is_ascii_graphic())
+            {
                 return Err(ApiError::field(
                     "Idempotency-Key",
                     format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
@@ -65,13 +68,17 @@ async fn post_message(
         return Err(ApiError::field("text", "must not be empty"));
     }
     if text.chars().count() > max_chars {
-        return Err(ApiError::field("text", format!("must be at most {max_chars} characters")));
+        return Err(ApiError::field(
+            "text",
+            format!("must be at most {max_chars} characters"),
+        ));
     }
     let short = |field: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
         match value.as_deref().map(str::trim) {
-            Some(v) if v.chars().count() > MAX_SHORT_FIELD => {
-                Err(ApiError::field(field, format!("must be at most {MAX_SHORT_FIELD} characters")))
-            }
+            Some(v) if v.chars().count() > MAX_SHORT_FIELD => Err(ApiError::field(
+                field,
+                format!("must be at most {MAX_SHORT_FIELD} characters"),
+            )),
             Some("") | None => Ok(None),
             Some(v) => Ok(Some(v.to_string())),
         }
@@ -103,10 +110,17 @@ async fn post_message(
         request_hash,
     };
     let (outcome, replayed) = state.pipeline.handle(&tenant, &inbound).await?;
-    let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let mut response = (status, Json(outcome)).into_response();
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", "true".parse().expect("static header value"));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header value"),
+        );
     }
     Ok(response)
 }
@@ -118,9 +132,19 @@ async fn get_conversation(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound(format!("conversation {id} not found"));
     let conversation_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let conversation = state.store.conversation(tenant.id, conversation_id).await?.ok_or_else(not_found)?;
-    let messages = state.store.conversation_messages(tenant.id, conversation_id).await?;
-    let open_review = state.store.open_review_for_conversation(tenant.id, conversation_id).await?;
+    let conversation = state
+        .store
+        .conversation(tenant.id, conversation_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let messages = state
+        .store
+        .conversation_messages(tenant.id, conversation_id)
+        .await?;
+    let open_review = state
+        .store
+        .open_review_for_conversation(tenant.id, conversation_id)
+        .await?;
     Ok(Json(json!({
         "conversation": conversation,
         "messages": messages,

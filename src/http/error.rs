@@ -38,7 +38,10 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{detail}")]
-    Invalid { detail: String, errors: Vec<FieldError> },
+    Invalid {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -54,16 +57,34 @@ impl ApiError {
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "malformed-request", "Malformed request"),
+            ApiError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-request",
+                "Malformed request",
+            ),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
-            }
-            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid request"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            ApiError::Invalid { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
         }
     }
 }
@@ -74,7 +95,9 @@ pub fn problem(status: StatusCode, slug: &str, title: &str, extra: Value) -> Res
         body.extend(extra);
     }
     let mut response = (status, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
 }
 
@@ -94,7 +117,9 @@ impl IntoResponse for ApiError {
         }
         let mut response = problem(status, slug, title, extra);
         if matches!(self, ApiError::Unauthorized) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -114,7 +139,9 @@ impl From<PipelineError> for ApiError {
     fn from(err: PipelineError) -> Self {
         match err {
             PipelineError::ConversationNotFound(_) => ApiError::NotFound(err.to_string()),
-            PipelineError::CustomerMismatch { .. } => ApiError::field("customer.id", "does not match the conversation's customer"),
+            PipelineError::CustomerMismatch { .. } => {
+                ApiError::field("customer.id", "does not match the conversation's customer")
+            }
             PipelineError::IdempotencyKeyReused => ApiError::Invalid {
                 detail: err.to_string(),
                 errors: vec![FieldError {
@@ -149,17 +176,25 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<Value>::from_request(req, state).await.map_err(|rejection| match rejection {
-            JsonRejection::MissingJsonContentType(_) => {
-                ApiError::UnsupportedMediaType("expected `Content-Type: application/json`".into())
-            }
-            JsonRejection::JsonSyntaxError(err) => ApiError::BadRequest(format!("malformed JSON: {}", root_cause(&err))),
-            JsonRejection::BytesRejection(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::PayloadTooLarge("request body too large".into())
-            }
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(other.body_text()),
-            other => ApiError::BadRequest(other.body_text()),
-        })?;
+        let axum::Json(value) = axum::Json::<Value>::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                    "expected `Content-Type: application/json`".into(),
+                ),
+                JsonRejection::JsonSyntaxError(err) => {
+                    ApiError::BadRequest(format!("malformed JSON: {}", root_cause(&err)))
+                }
+                JsonRejection::BytesRejection(err)
+                    if err.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                {
+                    ApiError::PayloadTooLarge("request body too large".into())
+                }
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::PayloadTooLarge(other.body_text())
+                }
+                other => ApiError::BadRequest(other.body_text()),
+            })?;
         let parsed = serde_path_to_error::deserialize::<_, T>(&value).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner().to_string();
@@ -180,14 +215,28 @@ fn root_cause(err: &dyn std::error::Error) -> String {
 
 /// Turns serde's `missing field `id`` at path `customer` into (`customer.id`, "is required").
 fn describe_serde_error(path: &str, message: &str) -> (String, String) {
-    let join = |path: &str, field: &str| if path == "." || path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+    let join = |path: &str, field: &str| {
+        if path == "." || path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
     if let Some(rest) = message.strip_prefix("missing field `")
         && let Some(field) = rest.split('`').next()
     {
         return (join(path, field), "is required".into());
     }
-    let field = if path == "." || path.is_empty() { "body".to_string() } else { path.to_string() };
-    let message = message.split(" at line ").next().unwrap_or(message).to_string();
+    let field = if path == "." || path.is_empty() {
+        "body".to_string()
+    } else {
+        path.to_string()
+    };
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message)
+        .to_string();
     (field, message)
 }
 
@@ -207,7 +256,11 @@ pub async fn hide_server_errors(req: Request, next: Next) -> Response {
     let status = response.status();
     let mut rewritten = problem(
         status,
-        if status == StatusCode::SERVICE_UNAVAILABLE { "unavailable" } else { "internal" },
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            "unavailable"
+        } else {
+            "internal"
+        },
         status.canonical_reason().unwrap_or("Server error"),
         json!({ "request_id": request_id }),
     );
@@ -223,13 +276,20 @@ mod tests {
 
     #[test]
     fn names_the_missing_field() {
-        assert_eq!(describe_serde_error(".", "missing field `text`"), ("text".into(), "is required".into()));
+        assert_eq!(
+            describe_serde_error(".", "missing field `text`"),
+            ("text".into(), "is required".into())
+        );
         assert_eq!(
             describe_serde_error("customer", "missing field `id`"),
             ("customer.id".into(), "is required".into())
         );
         assert_eq!(
-            describe_serde_error("conversation_id", "UUID parsing failed: invalid length at line 1 column 5").0,
+            describe_serde_error(
+                "conversation_id",
+                "UUID parsing failed: invalid length at line 1 column 5"
+            )
+            .0,
             "conversation_id"
         );
     }

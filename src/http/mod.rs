@@ -13,7 +13,9 @@ use axum::{Json, Router, middleware};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -41,7 +43,11 @@ struct MakeRequestUuid;
 
 impl MakeRequestId for MakeRequestUuid {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        uuid::Uuid::now_v7().to_string().parse().ok().map(RequestId::new)
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
     }
 }
 
@@ -77,7 +83,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -86,10 +94,17 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.tenant_count().await {
-        Ok(_) => Json(json!({ "status": "ready", "database": state.store.backend() })).into_response(),
+        Ok(_) => {
+            Json(json!({ "status": "ready", "database": state.store.backend() })).into_response()
+        }
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
-            error::problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Database unavailable", json!({}))
+            error::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Database unavailable",
+                json!({}),
+            )
         }
     }
 }

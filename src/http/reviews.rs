@@ -86,8 +86,13 @@ async fn list(
         state: state_filter,
         limit,
     };
-    let items = state.store.list_reviews(tenant.id, &filter, Utc::now()).await?;
-    Ok(Json(json!({ "items": items.iter().map(view).collect::<Vec<_>>() })))
+    let items = state
+        .store
+        .list_reviews(tenant.id, &filter, Utc::now())
+        .await?;
+    Ok(Json(
+        json!({ "items": items.iter().map(view).collect::<Vec<_>>() }),
+    ))
 }
 
 async fn show(
@@ -102,7 +107,10 @@ async fn show(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("review item {id} not found")))?;
     let decision = state.store.decision(tenant.id, item.decision_id).await?;
-    let messages = state.store.conversation_messages(tenant.id, item.conversation_id).await?;
+    let messages = state
+        .store
+        .conversation_messages(tenant.id, item.conversation_id)
+        .await?;
     let events = state.store.review_events(tenant.id, id).await?;
     let sop = item
         .sop_ref
@@ -149,7 +157,10 @@ async fn claim(
     Path(id): Path<String>,
     ApiJson(body, _): ApiJson<ReviewerRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let item = state.reviews.claim_item(tenant.id, parse_id(&id)?, &body.reviewer).await?;
+    let item = state
+        .reviews
+        .claim_item(tenant.id, parse_id(&id)?, &body.reviewer)
+        .await?;
     Ok(Json(view(&item)))
 }
 
@@ -159,7 +170,10 @@ async fn heartbeat(
     Path(id): Path<String>,
     ApiJson(body, _): ApiJson<ReviewerRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let item = state.reviews.renew(tenant.id, parse_id(&id)?, &body.reviewer).await?;
+    let item = state
+        .reviews
+        .renew(tenant.id, parse_id(&id)?, &body.reviewer)
+        .await?;
     Ok(Json(view(&item)))
 }
 
@@ -169,7 +183,10 @@ async fn release(
     Path(id): Path<String>,
     ApiJson(body, _): ApiJson<ReviewerRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let item = state.reviews.release(tenant.id, parse_id(&id)?, &body.reviewer).await?;
+    let item = state
+        .reviews
+        .release(tenant.id, parse_id(&id)?, &body.reviewer)
+        .await?;
     Ok(Json(view(&item)))
 }
 
@@ -181,7 +198,14 @@ async fn resolve(
 ) -> Result<Json<Value>, ApiError> {
     let item = state
         .reviews
-        .resolve(tenant.id, parse_id(&id)?, &body.reviewer, body.action, body.intent, body.version)
+        .resolve(
+            tenant.id,
+            parse_id(&id)?,
+            &body.reviewer,
+            body.action,
+            body.intent,
+            body.version,
+        )
         .await?;
     Ok(Json(view(&item)))
 }

@@ -95,7 +95,10 @@ fn features(text: &str) -> Vec<String> {
 
 impl Classifier {
     /// Trains on `(intent, text)` pairs.
-    pub fn train(examples: &[(String, String)], options: &TrainOptions) -> Result<Classifier, TrainError> {
+    pub fn train(
+        examples: &[(String, String)],
+        options: &TrainOptions,
+    ) -> Result<Classifier, TrainError> {
         if examples.is_empty() {
             return Err(TrainError::Empty);
         }
@@ -105,7 +108,11 @@ impl Classifier {
         if labels.len() < 2 {
             return Err(TrainError::TooFewIntents(labels.len()));
         }
-        let label_index: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
+        let label_index: HashMap<String, usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i))
+            .collect();
 
         // Vocabulary and document frequencies.
         let mut vocab: HashMap<String, u32> = HashMap::new();
@@ -127,7 +134,10 @@ impl Classifier {
             }
         }
         let n_docs = docs.len() as f32;
-        let idf: Vec<f32> = df.iter().map(|&d| ((1.0 + n_docs) / (1.0 + d as f32)).ln() + 1.0).collect();
+        let idf: Vec<f32> = df
+            .iter()
+            .map(|&d| ((1.0 + n_docs) / (1.0 + d as f32)).ln() + 1.0)
+            .collect();
 
         let mut model = Classifier {
             weights: vec![0.0; vocab.len() * labels.len()],
@@ -224,7 +234,12 @@ impl Classifier {
             self.scores_into(&x, &mut probs);
             softmax_in_place(&mut probs);
         }
-        let mut ranked: Ranked = self.labels.iter().cloned().zip(probs.into_iter().map(f64::from)).collect();
+        let mut ranked: Ranked = self
+            .labels
+            .iter()
+            .cloned()
+            .zip(probs.into_iter().map(f64::from))
+            .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         ranked
     }
@@ -289,10 +304,20 @@ mod tests {
 
     fn data() -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for t in ["my card has not arrived", "still waiting for my card", "card never came in the post", "where is my new card"] {
+        for t in [
+            "my card has not arrived",
+            "still waiting for my card",
+            "card never came in the post",
+            "where is my new card",
+        ] {
             out.push(("card_arrival".to_string(), t.to_string()));
         }
-        for t in ["what is the exchange rate", "how much is the euro rate", "exchange rate for dollars", "rate for converting pounds"] {
+        for t in [
+            "what is the exchange rate",
+            "how much is the euro rate",
+            "exchange rate for dollars",
+            "rate for converting pounds",
+        ] {
             out.push(("exchange_rate".to_string(), t.to_string()));
         }
         out
@@ -329,8 +354,14 @@ mod tests {
 
     #[test]
     fn refuses_degenerate_data() {
-        assert!(matches!(Classifier::train(&[], &TrainOptions::default()), Err(TrainError::Empty)));
+        assert!(matches!(
+            Classifier::train(&[], &TrainOptions::default()),
+            Err(TrainError::Empty)
+        ));
         let one = vec![("a".to_string(), "x".to_string())];
-        assert!(matches!(Classifier::train(&one, &TrainOptions::default()), Err(TrainError::TooFewIntents(1))));
+        assert!(matches!(
+            Classifier::train(&one, &TrainOptions::default()),
+            Err(TrainError::TooFewIntents(1))
+        ));
     }
 }

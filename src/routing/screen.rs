@@ -20,10 +20,12 @@ pub struct Flag {
 static CARD_CANDIDATE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").expect("static regex is valid"));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b").expect("static regex is valid")
+    Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b")
+        .expect("static regex is valid")
 });
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}").expect("static regex is valid")
+    Regex::new(r"(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}")
+        .expect("static regex is valid")
 });
 static HUMAN: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
@@ -56,7 +58,12 @@ pub fn screen(text: &str) -> Vec<Flag> {
     };
     let mut card_spans = Vec::new();
     for m in CARD_CANDIDATE.find_iter(text) {
-        let digits: Vec<u8> = m.as_str().bytes().filter(u8::is_ascii_digit).map(|b| b - b'0').collect();
+        let digits: Vec<u8> = m
+            .as_str()
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .map(|b| b - b'0')
+            .collect();
         if (13..=19).contains(&digits.len()) && luhn_valid(&digits) {
             card_spans.push(m.range());
             add("pii.card_number", mask_digits(m.as_str()));
@@ -66,7 +73,9 @@ pub fn screen(text: &str) -> Vec<Flag> {
         add("pii.email", mask_email(m.as_str()));
     }
     for m in PHONE.find_iter(text) {
-        let overlaps_card = card_spans.iter().any(|r| r.start < m.end() && m.start() < r.end);
+        let overlaps_card = card_spans
+            .iter()
+            .any(|r| r.start < m.end() && m.start() < r.end);
         let digits = m.as_str().bytes().filter(u8::is_ascii_digit).count();
         if !overlaps_card && (8..=15).contains(&digits) && !looks_like_amount_or_date(m.as_str()) {
             add("pii.phone", mask_digits(m.as_str()));
@@ -100,13 +109,19 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn looks_like_amount_or_date(s: &str) -> bool {
     // 2024-05-01, 01.05.2024 and 1.234.567 are not phone numbers.
-    let parts: Vec<&str> = s.split(['-', '.', '/', ' ']).filter(|p| !p.is_empty()).collect();
-    (parts.len() == 3 && parts.iter().any(|p| p.len() == 4) && parts.iter().all(|p| p.len() <= 4) && !s.contains(' '))
+    let parts: Vec<&str> = s
+        .split(['-', '.', '/', ' '])
+        .filter(|p| !p.is_empty())
+        .collect();
+    (parts.len() == 3
+        && parts.iter().any(|p| p.len() == 4)
+        && parts.iter().all(|p| p.len() <= 4)
+        && !s.contains(' '))
         || (s.contains('.') && parts.iter().skip(1).all(|p| p.len() == 3))
 }
 
@@ -140,7 +155,11 @@ pub fn mask_pii(text: &str) -> String {
     PHONE
         .replace_all(&out, |c: &regex::Captures| {
             let m = &c[0];
-            if m.bytes().filter(u8::is_ascii_digit).count() >= 8 { mask_digits(m) } else { m.to_string() }
+            if m.bytes().filter(u8::is_ascii_digit).count() >= 8 {
+                mask_digits(m)
+            } else {
+                m.to_string()
+            }
         })
         .into_owned()
 }
@@ -148,15 +167,18 @@ pub fn mask_pii(text: &str) -> String {
 /// Whether `pattern` (a flag name or `family.*`) matches `flag`.
 pub fn flag_matches(pattern: &str, flag: &str) -> bool {
     match pattern.strip_suffix(".*") {
-        Some(family) => flag.strip_prefix(family).is_some_and(|rest| rest.starts_with('.')),
+        Some(family) => flag
+            .strip_prefix(family)
+            .is_some_and(|rest| rest.starts_with('.')),
         None => pattern == flag,
     }
 }
 
 /// A flag name or family pattern as config and SOP files may write it.
 pub fn is_valid_flag_pattern(pattern: &str) -> bool {
-    static PATTERN: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"^[a-z_]+(\.[a-z_]+)*(\.\*)?$").expect("static regex is valid"));
+    static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"^[a-z_]+(\.[a-z_]+)*(\.\*)?$").expect("static regex is valid")
+    });
     PATTERN.is_match(pattern)
 }
 
@@ -170,12 +192,21 @@ mod tests {
 
     #[test]
     fn card_numbers_need_a_valid_luhn_checksum() {
-        assert_eq!(names("my card 4539 1488 0343 6467 was declined"), ["pii.card_number"]);
+        assert_eq!(
+            names("my card 4539 1488 0343 6467 was declined"),
+            ["pii.card_number"]
+        );
         assert_eq!(names("card 4539-1488-0343-6467"), ["pii.card_number"]);
         assert_eq!(names("4111111111111111"), ["pii.card_number"]);
         // Same length, checksum off by one digit: not a card.
-        assert!(!names("my number is 4539 1488 0343 6468").contains(&"pii.card_number".to_string()));
-        assert!(names("ref 1234567890123456").iter().all(|n| n != "pii.card_number"));
+        assert!(
+            !names("my number is 4539 1488 0343 6468").contains(&"pii.card_number".to_string())
+        );
+        assert!(
+            names("ref 1234567890123456")
+                .iter()
+                .all(|n| n != "pii.card_number")
+        );
     }
 
     #[test]
@@ -194,7 +225,10 @@ mod tests {
 
     #[test]
     fn emails_and_phones() {
-        assert_eq!(names("write to jane.doe@example.co.uk please"), ["pii.email"]);
+        assert_eq!(
+            names("write to jane.doe@example.co.uk please"),
+            ["pii.email"]
+        );
         assert_eq!(names("call me on +44 7700 900123"), ["pii.phone"]);
         assert_eq!(names("my number is (020) 7946 0958"), ["pii.phone"]);
         assert!(names("I paid 25 euros on 2024-05-01").is_empty());
@@ -214,7 +248,11 @@ mod tests {
         ] {
             assert_eq!(names(text), ["human_requested"], "{text}");
         }
-        for text in ["my card is not working", "human resources changed my salary account", "how long does a transfer take"] {
+        for text in [
+            "my card is not working",
+            "human resources changed my salary account",
+            "how long does a transfer take",
+        ] {
             assert!(names(text).is_empty(), "{text}");
         }
     }
@@ -229,7 +267,8 @@ mod tests {
 
     #[test]
     fn masking_hides_pii() {
-        let masked = mask_pii("card 4539 1488 0343 6467, mail jane@example.com, phone +44 7700 900123");
+        let masked =
+            mask_pii("card 4539 1488 0343 6467, mail jane@example.com, phone +44 7700 900123");
         assert!(!masked.contains("4539"));
         assert!(!masked.contains("jane@"));
         assert!(!masked.contains("7700"));

@@ -34,7 +34,13 @@ fn is_content(line: &str) -> bool {
     !t.is_empty() && !t.starts_with('#')
 }
 
-fn find_key(lines: &[&str], start: usize, end: usize, parent: isize, key: &str) -> Option<(usize, isize)> {
+fn find_key(
+    lines: &[&str],
+    start: usize,
+    end: usize,
+    parent: isize,
+    key: &str,
+) -> Option<(usize, isize)> {
     let mut child_indent: Option<isize> = None;
     for (i, line) in lines.iter().enumerate().take(end).skip(start) {
         if !is_content(line) {
@@ -65,7 +71,13 @@ fn find_key(lines: &[&str], start: usize, end: usize, parent: isize, key: &str) 
     None
 }
 
-fn find_item(lines: &[&str], start: usize, end: usize, parent: isize, index: usize) -> Option<(usize, isize)> {
+fn find_item(
+    lines: &[&str],
+    start: usize,
+    end: usize,
+    parent: isize,
+    index: usize,
+) -> Option<(usize, isize)> {
     // Flow sequences (`[a, b]`) live on one line: point at it.
     if let Some(line) = lines.get(start)
         && line.contains('[')
@@ -79,7 +91,10 @@ fn find_item(lines: &[&str], start: usize, end: usize, parent: isize, index: usi
             continue;
         }
         let indent = indent_of(line);
-        if line.trim_start().starts_with('-') && item_indent.is_none_or(|d| d == indent) && indent >= parent {
+        if line.trim_start().starts_with('-')
+            && item_indent.is_none_or(|d| d == indent)
+            && indent >= parent
+        {
             item_indent = Some(indent);
             if seen == index {
                 return Some((i, indent));
@@ -92,7 +107,10 @@ fn find_item(lines: &[&str], start: usize, end: usize, parent: isize, index: usi
 
 fn block_end(lines: &[&str], line: usize, indent: isize) -> usize {
     for (i, l) in lines.iter().enumerate().skip(line + 1) {
-        if is_content(l) && indent_of(l) <= indent && !(l.trim_start().starts_with('-') && indent_of(l) == indent) {
+        if is_content(l)
+            && indent_of(l) <= indent
+            && !(l.trim_start().starts_with('-') && indent_of(l) == indent)
+        {
             return i;
         }
     }

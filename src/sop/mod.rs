@@ -123,7 +123,12 @@ impl Sop {
 
     /// `id@version#hash12`: what a decision records.
     pub fn reference(&self) -> String {
-        format!("{}@{}#{}", self.file.id, self.file.version, &self.hash[..12])
+        format!(
+            "{}@{}#{}",
+            self.file.id,
+            self.file.version,
+            &self.hash[..12]
+        )
     }
 
     /// `(intent, utterance)` pairs for training the router.
@@ -223,7 +228,11 @@ pub struct LoadError {
 }
 
 fn render_list(items: &[Diagnostic]) -> String {
-    items.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+    items
+        .iter()
+        .map(|d| format!("  {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Result of linting a folder: diagnostics plus the set when there were no errors.
@@ -234,7 +243,9 @@ pub struct Report {
 
 impl Report {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 
     pub fn has_errors(&self) -> bool {
@@ -250,7 +261,11 @@ impl SopSet {
             Some(set) => Ok((set, report.diagnostics)),
             None => Err(LoadError {
                 dir: dir.to_path_buf(),
-                errors: report.diagnostics.into_iter().filter(|d| d.severity == Severity::Error).collect(),
+                errors: report
+                    .diagnostics
+                    .into_iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .collect(),
             }),
         }
     }
@@ -261,7 +276,9 @@ impl SopSet {
     }
 
     pub fn active(&self) -> impl Iterator<Item = &Arc<Sop>> {
-        self.versions.iter().filter(|s| s.file.status == Status::Active)
+        self.versions
+            .iter()
+            .filter(|s| s.file.status == Status::Active)
     }
 
     /// Every `(intent, utterance)` of the active SOPs.
@@ -277,7 +294,11 @@ impl SopSet {
     }
 
     /// The SOP's own holding reply, if it has one.
-    pub fn render_holding(&self, sop: &Sop, context: &tera::Context) -> Option<Result<String, String>> {
+    pub fn render_holding(
+        &self,
+        sop: &Sop,
+        context: &tera::Context,
+    ) -> Option<Result<String, String>> {
         sop.file.response.holding.as_ref()?;
         Some(
             self.tera
@@ -320,8 +341,16 @@ pub fn lint(dir: &Path) -> Report {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) => {
-            error(dir, None, None, format!("cannot read the SOP folder: {err}"));
-            return Report { diagnostics: diags, set: None };
+            error(
+                dir,
+                None,
+                None,
+                format!("cannot read the SOP folder: {err}"),
+            );
+            return Report {
+                diagnostics: diags,
+                set: None,
+            };
         }
     };
     let mut paths: Vec<PathBuf> = entries
@@ -333,15 +362,31 @@ pub fn lint(dir: &Path) -> Report {
     let schema_value: Value = match serde_json::from_str(SCHEMA) {
         Ok(v) => v,
         Err(err) => {
-            error(dir, None, None, format!("built-in SOP schema is not JSON: {err}"));
-            return Report { diagnostics: diags, set: None };
+            error(
+                dir,
+                None,
+                None,
+                format!("built-in SOP schema is not JSON: {err}"),
+            );
+            return Report {
+                diagnostics: diags,
+                set: None,
+            };
         }
     };
     let validator = match jsonschema::validator_for(&schema_value) {
         Ok(v) => v,
         Err(err) => {
-            error(dir, None, None, format!("built-in SOP schema is invalid: {err}"));
-            return Report { diagnostics: diags, set: None };
+            error(
+                dir,
+                None,
+                None,
+                format!("built-in SOP schema is invalid: {err}"),
+            );
+            return Report {
+                diagnostics: diags,
+                set: None,
+            };
         }
     };
 
@@ -350,7 +395,12 @@ pub fn lint(dir: &Path) -> Report {
         Ok(text) => match serde_yaml_ng::from_str::<AgentsFile>(&text) {
             Ok(file) => file.agents,
             Err(err) => {
-                error(&agents_path, None, err.location().map(|l| l.line()), format!("invalid agents file: {err}"));
+                error(
+                    &agents_path,
+                    None,
+                    err.location().map(|l| l.line()),
+                    format!("invalid agents file: {err}"),
+                );
                 Vec::new()
             }
         },
@@ -366,7 +416,10 @@ pub fn lint(dir: &Path) -> Report {
     };
 
     let mut sops: Vec<Sop> = Vec::new();
-    for path in paths.iter().filter(|p| p.file_name().is_some_and(|n| n != AGENTS_FILE)) {
+    for path in paths
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != AGENTS_FILE))
+    {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(err) => {
@@ -381,7 +434,12 @@ pub fn lint(dir: &Path) -> Report {
         let value: Value = match serde_yaml_ng::from_str(&text) {
             Ok(v) => v,
             Err(err) => {
-                error(path, None, err.location().map(|l| l.line()), format!("invalid YAML: {err}"));
+                error(
+                    path,
+                    None,
+                    err.location().map(|l| l.line()),
+                    format!("invalid YAML: {err}"),
+                );
                 continue;
             }
         };
@@ -390,7 +448,11 @@ pub fn lint(dir: &Path) -> Report {
             schema_ok = false;
             let pointer = err.instance_path().to_string();
             let line = locate::line_of(&text, &pointer);
-            let field = if pointer.is_empty() { None } else { Some(pointer) };
+            let field = if pointer.is_empty() {
+                None
+            } else {
+                Some(pointer)
+            };
             error(path, field, line, err.to_string());
         }
         if !schema_ok {
@@ -399,7 +461,12 @@ pub fn lint(dir: &Path) -> Report {
         let file: SopFile = match serde_json::from_value(value) {
             Ok(f) => f,
             Err(err) => {
-                error(path, None, None, format!("does not match the SOP format: {err}"));
+                error(
+                    path,
+                    None,
+                    None,
+                    format!("does not match the SOP format: {err}"),
+                );
                 continue;
             }
         };
@@ -416,7 +483,10 @@ pub fn lint(dir: &Path) -> Report {
     compile_templates(&sops, &mut tera, &mut diags);
 
     if diags.iter().any(|d| d.severity == Severity::Error) {
-        return Report { diagnostics: diags, set: None };
+        return Report {
+            diagnostics: diags,
+            set: None,
+        };
     }
     let versions: Vec<Arc<Sop>> = {
         let mut v: Vec<Arc<Sop>> = sops.into_iter().map(Arc::new).collect();
@@ -437,7 +507,10 @@ pub fn lint(dir: &Path) -> Report {
             line: None,
             message: "no active SOP: the router needs at least one".into(),
         });
-        return Report { diagnostics: diags, set: None };
+        return Report {
+            diagnostics: diags,
+            set: None,
+        };
     }
     Report {
         diagnostics: diags,
@@ -474,7 +547,12 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
                 Severity::Error,
                 sop,
                 "/version",
-                format!("duplicate SOP {}@{}: also defined in {}", f.id, f.version, other.path.display()),
+                format!(
+                    "duplicate SOP {}@{}: also defined in {}",
+                    f.id,
+                    f.version,
+                    other.path.display()
+                ),
             );
         }
         if !agents.is_empty() && !agents.iter().any(|a| a.id == f.agent) {
@@ -483,7 +561,11 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
                 Severity::Error,
                 sop,
                 "/agent",
-                format!("unknown agent `{}` (declared in {AGENTS_FILE}: {})", f.agent, known.join(", ")),
+                format!(
+                    "unknown agent `{}` (declared in {AGENTS_FILE}: {})",
+                    f.agent,
+                    known.join(", ")
+                ),
             );
         }
         match &f.examples {
@@ -506,7 +588,12 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
                     );
                 }
                 for intent in f.intents.iter().filter(|i| !map.contains_key(*i)) {
-                    push(Severity::Error, sop, "/examples", format!("intent `{intent}` has no examples"));
+                    push(
+                        Severity::Error,
+                        sop,
+                        "/examples",
+                        format!("intent `{intent}` has no examples"),
+                    );
                 }
             }
             Examples::List(_) => {}
@@ -520,10 +607,16 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
                 Severity::Warning,
                 sop,
                 "/examples",
-                format!("intent `{intent}` has only {n} examples; the router needs at least {MIN_EXAMPLES_PER_INTENT} to route it reliably"),
+                format!(
+                    "intent `{intent}` has only {n} examples; the router needs at least {MIN_EXAMPLES_PER_INTENT} to route it reliably"
+                ),
             );
         }
-        if let Some(schema) = f.response.llm.as_ref().and_then(|l| l.output_schema.as_ref())
+        if let Some(schema) = f
+            .response
+            .llm
+            .as_ref()
+            .and_then(|l| l.output_schema.as_ref())
             && let Err(err) = jsonschema::validator_for(schema)
         {
             push(
@@ -558,7 +651,11 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
                     Severity::Error,
                     sop,
                     &format!("/intents/{i}"),
-                    format!("intent `{intent}` is also claimed by active SOP `{}` ({})", other.file.id, other.path.display()),
+                    format!(
+                        "intent `{intent}` is also claimed by active SOP `{}` ({})",
+                        other.file.id,
+                        other.path.display()
+                    ),
                 );
             }
         }
@@ -571,7 +668,11 @@ fn compile_templates(sops: &[Sop], tera: &mut tera::Tera, diags: &mut Vec<Diagno
         let parts = [
             ("reply", Some(&r.template), "/response/template"),
             ("holding", r.holding.as_ref(), "/response/holding"),
-            ("llm-system", r.llm.as_ref().map(|l| &l.system), "/response/llm/system"),
+            (
+                "llm-system",
+                r.llm.as_ref().map(|l| &l.system),
+                "/response/llm/system",
+            ),
         ];
         for (part, source, pointer) in parts {
             let Some(source) = source else { continue };
@@ -593,18 +694,27 @@ fn compile_templates(sops: &[Sop], tera: &mut tera::Tera, diags: &mut Vec<Diagno
             let name = sop.template_name(part);
             if let Err(err) = tera.add_raw_template(&name, source) {
                 let message = tera_error_chain(&err);
-                report(format!("template does not compile: {message}"), template_line(&message));
+                report(
+                    format!("template does not compile: {message}"),
+                    template_line(&message),
+                );
                 continue;
             }
             for (label, context) in [
                 ("a full sample context", crate::agent::sample_context()),
-                ("a customer without name or email", crate::agent::minimal_sample_context()),
+                (
+                    "a customer without name or email",
+                    crate::agent::minimal_sample_context(),
+                ),
             ] {
                 let mut context = context;
                 context.insert("steps", &sop.file.steps);
                 if let Err(err) = tera.render(&name, &context) {
                     report(
-                        format!("template fails to render with {label}: {}", tera_error_chain(&err)),
+                        format!(
+                            "template fails to render with {label}: {}",
+                            tera_error_chain(&err)
+                        ),
                         None,
                     );
                     break;

@@ -77,7 +77,9 @@ impl Backend {
 pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
     match Backend::from_url(url) {
         Some(Backend::Sqlite) => Ok(Arc::new(SqliteStore::connect(url, max_connections).await?)),
-        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::connect(url, max_connections).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        )),
         None => Err(StoreError::Other(anyhow::anyhow!(
             "unsupported database URL scheme (expected sqlite:// or postgres://)"
         ))),
@@ -284,7 +286,9 @@ pub enum ReviewPlan {
     None,
     Create(NewReviewItem),
     /// Append the message to the conversation's open item.
-    Join { review_id: Uuid },
+    Join {
+        review_id: Uuid,
+    },
 }
 
 /// Filters for listing review items.
@@ -353,27 +357,56 @@ pub trait Store: Send + Sync + 'static {
     async fn sop_version_hashes(&self, sop_id: &str) -> Result<Vec<(i64, String)>>;
 
     // --- message path -----------------------------------------------------
-    async fn idempotent_replay(&self, tenant_id: Uuid, key: &str) -> Result<Option<IdempotentReplay>>;
+    async fn idempotent_replay(
+        &self,
+        tenant_id: Uuid,
+        key: &str,
+    ) -> Result<Option<IdempotentReplay>>;
     async fn conversation(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Conversation>>;
-    async fn open_review_for_conversation(&self, tenant_id: Uuid, conversation_id: Uuid) -> Result<Option<ReviewItem>>;
+    async fn open_review_for_conversation(
+        &self,
+        tenant_id: Uuid,
+        conversation_id: Uuid,
+    ) -> Result<Option<ReviewItem>>;
     /// Writes one inbound message and everything decided about it atomically.
     /// A reused idempotency key fails with `Conflict("messages_idempotency")`; a
     /// second open review item on the conversation with `Conflict("review_items_one_open")`.
     async fn record_exchange(&self, exchange: &Exchange) -> Result<()>;
-    async fn conversation_messages(&self, tenant_id: Uuid, conversation_id: Uuid) -> Result<Vec<Message>>;
+    async fn conversation_messages(
+        &self,
+        tenant_id: Uuid,
+        conversation_id: Uuid,
+    ) -> Result<Vec<Message>>;
     async fn decision(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Decision>>;
 
     // --- review queue -----------------------------------------------------
-    async fn list_reviews(&self, tenant_id: Uuid, filter: &ReviewFilter, now: DateTime<Utc>) -> Result<Vec<ReviewItem>>;
+    async fn list_reviews(
+        &self,
+        tenant_id: Uuid,
+        filter: &ReviewFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ReviewItem>>;
     async fn review(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<ReviewItem>>;
     /// Claims the most urgent claimable item (open, or claimed with an expired lease).
-    async fn claim_next_review(&self, tenant_id: Uuid, claim: &Claim) -> Result<Option<ReviewItem>>;
+    async fn claim_next_review(&self, tenant_id: Uuid, claim: &Claim)
+    -> Result<Option<ReviewItem>>;
     /// Claims one item. `Conflict` when someone else holds a live lease or it is resolved.
     async fn claim_review(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem>;
     /// Extends the lease of an item the reviewer holds.
-    async fn renew_review_lease(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem>;
+    async fn renew_review_lease(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        claim: &Claim,
+    ) -> Result<ReviewItem>;
     /// Returns a claimed item to the queue. `Conflict` unless `reviewer` holds it.
-    async fn release_review(&self, tenant_id: Uuid, id: Uuid, reviewer: &str, now: DateTime<Utc>) -> Result<ReviewItem>;
+    async fn release_review(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ReviewItem>;
     /// Resolves an item the reviewer holds, writing reply, audit event and feedback
     /// in one transaction. `Conflict` on a stale version, a lost lease or a resolved item.
     async fn resolve_review(&self, tenant_id: Uuid, resolution: &Resolution) -> Result<ReviewItem>;

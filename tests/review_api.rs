@@ -1,0 +1,369 @@
+//! Reviewers over the JSON API: list, inspect, claim, resolve, and what the
+//! customer and the feedback store see afterwards.
+
+mod support;
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+use support::{databases, problem, spawn_app, spawn_app_on};
+
+async fn queue_case(app: &support::TestApp, customer: &str) -> Value {
+    let out = app
+        .message(
+            customer,
+            "I want to speak to a human about a payment I don't recognise",
+        )
+        .await;
+    assert_eq!(out["outcome"], "queued", "{out}");
+    out
+}
+
+#[tokio::test]
+async fn a_reviewer_claims_edits_and_the_customer_gets_the_reply() {
+    let app = spawn_app().await;
+    let case = queue_case(&app, "cust-1").await;
+    let review_id = case["review_id"].as_str().unwrap();
+
+    let list: Value = app.get("/v1/reviews").await.json().await.unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["state"], "open");
+    assert_eq!(list["items"][0]["breached"], false);
+
+    let claimed = app
+        .post("/v1/reviews/claim", &json!({ "reviewer": "alice" }))
+        .await;
+    assert_eq!(claimed.status(), 200);
+    let claimed: Value = claimed.json().await.unwrap();
+    assert_eq!(claimed["id"], review_id);
+    assert_eq!(claimed["state"], "claimed");
+    assert_eq!(claimed["claimed_by"], "alice");
+
+    // The item page has everything a reviewer needs to decide.
+    let detail: Value = app
+        .get(&format!("/v1/reviews/{review_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["messages"][0]["role"], "customer");
+    assert_eq!(
+        detail["decision"]["top_intents"].as_array().unwrap().len(),
+        3,
+        "{detail}"
+    );
+    assert!(
+        detail["decision"]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "human_requested")
+    );
+    assert!(detail["decision"]["sop_ref"].is_string());
+    assert!(!detail["sop"]["steps"].as_array().unwrap().is_empty());
+    assert!(detail["item"]["draft"].is_string());
+
+    // Bob cannot take Alice's item, nor resolve it.
+    let r = app
+        .post(
+            &format!("/v1/reviews/{review_id}/claim"),
+            &json!({ "reviewer": "bob" }),
+        )
+        .await;
+    problem(r, 409).await;
+    let r = app
+        .post(
+            &format!("/v1/reviews/{review_id}/resolve"),
+            &json!({ "reviewer": "bob", "action": "approve" }),
+        )
+        .await;
+    problem(r, 409).await;
+    // Nothing left to claim.
+    let r = app
+        .post("/v1/reviews/claim", &json!({ "reviewer": "bob" }))
+        .await;
+    assert_eq!(r.status(), 204);
+
+    let hb = app
+        .post(
+            &format!("/v1/reviews/{review_id}/heartbeat"),
+            &json!({ "reviewer": "alice" }),
+        )
+        .await;
+    assert_eq!(hb.status(), 200);
+
+    // A stale version is refused with 409 and the item stays claimed.
+    let stale = app
+        .post(
+            &format!("/v1/reviews/{review_id}/resolve"),
+            &json!({ "reviewer": "alice", "action": "edit", "reply": "x", "version": 1 }),
+        )
+        .await;
+    problem(stale, 409).await;
+
+    let reply = "Hi Sam, I've checked the payment with you: it was a pre-authorisation and has now dropped off.";
+    let resolved = app
+        .post(
+            &format!("/v1/reviews/{review_id}/resolve"),
+            &json!({ "reviewer": "alice", "action": "edit", "reply": reply, "intent": "card_payment_not_recognised", "version": claimed["version"] }),
+        )
+        .await;
+    assert_eq!(resolved.status(), 200);
+    let resolved: Value = resolved.json().await.unwrap();
+    assert_eq!(resolved["state"], "resolved");
+    assert_eq!(resolved["final_reply"], reply);
+
+    // The customer's conversation carries the reviewer's reply.
+    let conv: Value = app
+        .get(&format!(
+            "/v1/conversations/{}",
+            case["conversation_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let last = conv["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "reviewer");
+    assert_eq!(last["body"], reply);
+    assert!(conv["open_review_id"].is_null());
+
+    // Audit trail and feedback row.
+    let events: Value = app
+        .get(&format!("/v1/reviews/{review_id}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "claimed", "resolved.edit"]);
+    let edit = &events["events"][2];
+    assert_eq!(edit["actor"], "alice");
+    assert_eq!(edit["data"]["after"], reply);
+    assert!(edit["data"]["before"].is_string());
+    let id = uuid::Uuid::parse_str(review_id).unwrap();
+    let feedback = app.store.review_feedback(app.tenant.id, id).await.unwrap();
+    assert_eq!(feedback.len(), 1);
+    assert_eq!(
+        feedback[0].label_intent.as_deref(),
+        Some("card_payment_not_recognised")
+    );
+    assert_eq!(feedback[0].action, "edit");
+    assert_eq!(feedback[0].final_reply.as_deref(), Some(reply));
+
+    // Once resolved, the bot answers this conversation again.
+    let next = app
+        .message_in(
+            Some(case["conversation_id"].as_str().unwrap()),
+            "cust-1",
+            "thanks! and what is the exchange rate for dollars",
+        )
+        .await;
+    assert_eq!(next["outcome"], "answered", "{next}");
+}
+
+#[tokio::test]
+async fn approve_sends_the_draft_and_reject_sends_nothing() {
+    let app = spawn_app().await;
+    let a = app.message("cust-a", "I want to close my account").await;
+    let b = app
+        .message("cust-b", "I think my card has been compromised")
+        .await;
+    for case in [&a, &b] {
+        let id = case["review_id"].as_str().unwrap();
+        let r = app
+            .post(
+                &format!("/v1/reviews/{id}/claim"),
+                &json!({ "reviewer": "carol" }),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let draft = {
+        let d: Value = app
+            .get(&format!("/v1/reviews/{}", a["review_id"].as_str().unwrap()))
+            .await
+            .json()
+            .await
+            .unwrap();
+        d["item"]["draft"].as_str().unwrap().to_string()
+    };
+    let r = app
+        .post(
+            &format!("/v1/reviews/{}/resolve", a["review_id"].as_str().unwrap()),
+            &json!({ "reviewer": "carol", "action": "approve" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let conv: Value = app
+        .get(&format!(
+            "/v1/conversations/{}",
+            a["conversation_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        conv["messages"].as_array().unwrap().last().unwrap()["body"],
+        draft
+    );
+
+    // Reject needs a reason.
+    let path = format!("/v1/reviews/{}/resolve", b["review_id"].as_str().unwrap());
+    let r = app
+        .post(&path, &json!({ "reviewer": "carol", "action": "reject" }))
+        .await;
+    assert_eq!(problem(r, 422).await["errors"][0]["field"], "reason");
+    let r = app.post(&path, &json!({ "reviewer": "carol", "action": "reject", "reason": "duplicate of another case" })).await;
+    assert_eq!(r.status(), 200);
+    let conv: Value = app
+        .get(&format!(
+            "/v1/conversations/{}",
+            b["conversation_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(
+        conv["messages"].as_array().unwrap().last().unwrap()["role"],
+        "reviewer"
+    );
+    let feedback = app.store.review_feedback(
+        app.tenant.id,
+        uuid::Uuid::parse_str(b["review_id"].as_str().unwrap()).unwrap(),
+    );
+    let feedback = feedback.await.unwrap();
+    assert_eq!(feedback[0].action, "reject");
+    assert!(feedback[0].label_intent.is_none());
+}
+
+#[tokio::test]
+async fn release_returns_an_item_and_bad_input_is_a_problem() {
+    let app = spawn_app().await;
+    let case = queue_case(&app, "cust-r").await;
+    let id = case["review_id"].as_str().unwrap();
+    app.post(
+        &format!("/v1/reviews/{id}/claim"),
+        &json!({ "reviewer": "dan" }),
+    )
+    .await;
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/release"),
+            &json!({ "reviewer": "erin" }),
+        )
+        .await;
+    problem(r, 409).await;
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/release"),
+            &json!({ "reviewer": "dan" }),
+        )
+        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "open");
+
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/claim"),
+            &json!({ "reviewer": "" }),
+        )
+        .await;
+    assert_eq!(problem(r, 422).await["errors"][0]["field"], "reviewer");
+    let r = app
+        .post(&format!("/v1/reviews/{id}/claim"), &json!({}))
+        .await;
+    assert_eq!(problem(r, 422).await["errors"][0]["field"], "reviewer");
+    app.post(
+        &format!("/v1/reviews/{id}/claim"),
+        &json!({ "reviewer": "dan" }),
+    )
+    .await;
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/resolve"),
+            &json!({ "reviewer": "dan", "action": "shout" }),
+        )
+        .await;
+    problem(r, 422).await;
+    let r = app
+        .post(&format!("/v1/reviews/{id}/resolve"), &json!({ "reviewer": "dan", "action": "edit", "reply": "ok", "intent": "no_such_intent" }))
+        .await;
+    assert_eq!(problem(r, 422).await["errors"][0]["field"], "intent");
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/resolve"),
+            &json!({ "reviewer": "dan", "action": "edit", "reply": " " }),
+        )
+        .await;
+    assert_eq!(problem(r, 422).await["errors"][0]["field"], "reply");
+    problem(app.get("/v1/reviews/not-a-uuid").await, 404).await;
+    problem(
+        app.get(&format!("/v1/reviews/{}", uuid::Uuid::now_v7()))
+            .await,
+        404,
+    )
+    .await;
+    assert_eq!(
+        problem(app.get("/v1/reviews?state=weird").await, 422).await["errors"][0]["field"],
+        "state"
+    );
+    assert_eq!(
+        problem(app.get("/v1/reviews?limit=0").await, 422).await["errors"][0]["field"],
+        "limit"
+    );
+    let r = app.client.get(app.url("/v1/reviews")).send().await.unwrap();
+    problem(r, 401).await;
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_reviewers_over_http_never_double_claim() {
+    for db in databases().await {
+        let label = db.label();
+        let app = std::sync::Arc::new(spawn_app_on(db, |_| {}).await);
+        let cases = 64;
+        for i in 0..cases {
+            queue_case(&app, &format!("cust-{i}")).await;
+        }
+        let mut tasks = Vec::new();
+        for worker in 0..32 {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let me = format!("reviewer-{worker}");
+                let mut mine = Vec::new();
+                loop {
+                    let r = app.post("/v1/reviews/claim", &json!({ "reviewer": me })).await;
+                    if r.status() == 204 {
+                        break;
+                    }
+                    assert_eq!(r.status(), 200);
+                    let item: Value = r.json().await.unwrap();
+                    let id = item["id"].as_str().unwrap().to_string();
+                    let done = app
+                        .post(&format!("/v1/reviews/{id}/resolve"), &json!({ "reviewer": me, "action": "approve", "version": item["version"] }))
+                        .await;
+                    assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
+                    mine.push(id);
+                }
+                mine
+            }));
+        }
+        let mut seen = HashSet::new();
+        for t in tasks {
+            for id in t.await.unwrap() {
+                assert!(seen.insert(id.clone()), "{label}: {id} claimed twice");
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            cases,
+            "{label}: every case resolved exactly once"
+        );
+    }
+}

@@ -1,0 +1,728 @@
+//! Every store behaviour, on SQLite always and on Postgres when
+//! `SOPR_TEST_DATABASE_URL` is set. Both backends must give the same answers.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use serde_json::json;
+use sopr::store::*;
+use support::{TestDb, databases};
+use uuid::Uuid;
+
+async fn store_for(db: &TestDb) -> Arc<dyn Store> {
+    let store = sopr::store::connect(db.url(), 40).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    // Migrations are idempotent.
+    store.migrate().await.expect("migrate twice");
+    store
+}
+
+async fn tenant(store: &dyn Store) -> Tenant {
+    store
+        .ensure_tenant(&format!("t-{}", Uuid::now_v7().simple()))
+        .await
+        .unwrap()
+        .0
+}
+
+fn decision(conversation_id: Uuid, message_id: Uuid, outcome: &str) -> Decision {
+    Decision {
+        id: Uuid::now_v7(),
+        conversation_id,
+        message_id,
+        intent: Some("card_arrival".into()),
+        confidence: 0.42,
+        top_intents: sqlx::types::Json(json!([{ "intent": "card_arrival", "probability": 0.42 }])),
+        flags: sqlx::types::Json(json!([])),
+        sop_ref: Some("card-delivery@1#abcdefabcdef".into()),
+        model_version: "test".into(),
+        outcome: outcome.into(),
+        reasons: sqlx::types::Json(json!(["low_confidence"])),
+        draft: Some("draft reply".into()),
+        timings: sqlx::types::Json(json!({})),
+        created_at: Utc::now(),
+    }
+}
+
+fn message(role: Role, body: &str, key: Option<(&str, &str)>) -> NewMessage {
+    NewMessage {
+        id: Uuid::now_v7(),
+        role,
+        body: body.into(),
+        metadata: None,
+        idempotency: key.map(|(k, h)| Idempotency {
+            key: k.into(),
+            request_hash: h.into(),
+            response: json!({ "outcome": "queued", "key": k }),
+        }),
+        created_at: Utc::now(),
+    }
+}
+
+/// Writes a new conversation with one customer message and (optionally) a review item.
+async fn exchange(
+    store: &dyn Store,
+    tenant: Uuid,
+    plan: &str,
+    priority: i32,
+    due_in_min: i64,
+) -> (Uuid, Option<Uuid>) {
+    let conversation_id = Uuid::now_v7();
+    let now = Utc::now();
+    let inbound = message(Role::Customer, "where is my card", None);
+    let d = decision(
+        conversation_id,
+        inbound.id,
+        if plan == "review" {
+            "queued"
+        } else {
+            "answered"
+        },
+    );
+    let review_id = Uuid::now_v7();
+    let review = if plan == "review" {
+        ReviewPlan::Create(NewReviewItem {
+            id: review_id,
+            priority,
+            reasons: json!(["low_confidence"]),
+            draft: Some("draft reply".into()),
+            due_at: now + Duration::minutes(due_in_min),
+        })
+    } else {
+        ReviewPlan::None
+    };
+    store
+        .record_exchange(&Exchange {
+            tenant_id: tenant,
+            new_conversation: Some(Conversation {
+                id: conversation_id,
+                tenant_id: tenant,
+                customer_id: "cust".into(),
+                customer_name: None,
+                customer_email: None,
+                channel: Some("web".into()),
+                created_at: now,
+                updated_at: now,
+            }),
+            conversation_id,
+            inbound,
+            decision: d,
+            reply: Some(message(Role::Bot, "holding", None)),
+            review,
+        })
+        .await
+        .unwrap();
+    (conversation_id, (plan == "review").then_some(review_id))
+}
+
+fn claim(reviewer: &str, lease_secs: i64) -> Claim {
+    let now = Utc::now();
+    Claim {
+        reviewer: reviewer.into(),
+        now,
+        lease_until: now + Duration::seconds(lease_secs),
+    }
+}
+
+#[tokio::test]
+async fn tenants_and_api_keys() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let before = store.tenant_count().await.unwrap();
+        let (t, created) = store.ensure_tenant("acme").await.unwrap();
+        assert!(created, "{}", db.label());
+        let (again, created) = store.ensure_tenant("acme").await.unwrap();
+        assert!(!created);
+        assert_eq!(t.id, again.id);
+        assert_eq!(store.tenant_count().await.unwrap(), before + 1);
+        store
+            .insert_api_key(t.id, "sopr_abc", "hash-1")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.tenant_for_key("hash-1").await.unwrap().unwrap().id,
+            t.id
+        );
+        assert!(store.tenant_for_key("hash-2").await.unwrap().is_none());
+        assert!(matches!(
+            store.insert_api_key(t.id, "x", "hash-1").await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn sop_versions_are_recorded_once_per_hash() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let rec = |hash: &str| SopVersionRecord {
+            sop_id: "card-delivery".into(),
+            version: 1,
+            hash: hash.into(),
+            status: "active".into(),
+            agent: "cards".into(),
+            title: "Card delivery".into(),
+            content: "id: card-delivery".into(),
+        };
+        store.record_sop_versions(&[rec("aaa")]).await.unwrap();
+        store.record_sop_versions(&[rec("aaa")]).await.unwrap();
+        store.record_sop_versions(&[rec("bbb")]).await.unwrap();
+        let hashes = store.sop_version_hashes("card-delivery").await.unwrap();
+        assert_eq!(
+            hashes,
+            vec![(1, "aaa".to_string()), (1, "bbb".to_string())],
+            "{}",
+            db.label()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_exchange_is_written_atomically_with_its_review_item() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (conv, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let review = review.unwrap();
+        let msgs = store.conversation_messages(t.id, conv).await.unwrap();
+        assert_eq!(
+            msgs.iter().map(|m| m.role.as_str()).collect::<Vec<_>>(),
+            ["customer", "bot"]
+        );
+        let item = store
+            .open_review_for_conversation(t.id, conv)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.id, review);
+        assert_eq!(item.state, "open");
+        assert_eq!(item.version, 1);
+        let decision = store
+            .decision(t.id, item.decision_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            decision.sop_ref.as_deref(),
+            Some("card-delivery@1#abcdefabcdef")
+        );
+        assert_eq!(decision.top_intents.0[0]["intent"], "card_arrival");
+        let events = store.review_events(t.id, review).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["created"]
+        );
+        // Other tenants see nothing.
+        let other = tenant(store.as_ref()).await;
+        assert!(store.conversation(other.id, conv).await.unwrap().is_none());
+        assert!(store.review(other.id, review).await.unwrap().is_none());
+        assert!(
+            store
+                .conversation_messages(other.id, conv)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failed_exchange_writes_nothing() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (conv, _) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        // A second open item on the same conversation violates the one-open rule:
+        // the whole exchange, message included, must roll back.
+        let inbound = message(Role::Customer, "second", None);
+        let result = store
+            .record_exchange(&Exchange {
+                tenant_id: t.id,
+                new_conversation: None,
+                conversation_id: conv,
+                decision: decision(conv, inbound.id, "queued"),
+                inbound,
+                reply: None,
+                review: ReviewPlan::Create(NewReviewItem {
+                    id: Uuid::now_v7(),
+                    priority: 1,
+                    reasons: json!([]),
+                    draft: None,
+                    due_at: Utc::now(),
+                }),
+            })
+            .await;
+        match result {
+            Err(StoreError::Conflict(name)) => {
+                assert_eq!(name, "review_items_one_open", "{}", db.label())
+            }
+            other => panic!("{}: expected conflict, got {other:?}", db.label()),
+        }
+        assert_eq!(
+            store.conversation_messages(t.id, conv).await.unwrap().len(),
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn joining_an_open_item_appends_and_audits() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (conv, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let review = review.unwrap();
+        let inbound = message(Role::Customer, "any news?", None);
+        store
+            .record_exchange(&Exchange {
+                tenant_id: t.id,
+                new_conversation: None,
+                conversation_id: conv,
+                decision: decision(conv, inbound.id, "joined"),
+                inbound,
+                reply: None,
+                review: ReviewPlan::Join { review_id: review },
+            })
+            .await
+            .unwrap();
+        let item = store.review(t.id, review).await.unwrap().unwrap();
+        assert_eq!(item.message_count, 2, "{}", db.label());
+        assert_eq!(item.version, 2);
+        let kinds: Vec<String> = store
+            .review_events(t.id, review)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["created", "customer_message"]);
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_unique_per_tenant() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let conv = Uuid::now_v7();
+        let now = Utc::now();
+        let write = |tenant_id: Uuid, conversation: Uuid, new: bool| {
+            let inbound = message(Role::Customer, "hi", Some(("key-1", "hash-1")));
+            Exchange {
+                tenant_id,
+                new_conversation: new.then(|| Conversation {
+                    id: conversation,
+                    tenant_id,
+                    customer_id: "c".into(),
+                    customer_name: None,
+                    customer_email: None,
+                    channel: None,
+                    created_at: now,
+                    updated_at: now,
+                }),
+                conversation_id: conversation,
+                decision: decision(conversation, inbound.id, "answered"),
+                inbound,
+                reply: None,
+                review: ReviewPlan::None,
+            }
+        };
+        store
+            .record_exchange(&write(t.id, conv, true))
+            .await
+            .unwrap();
+        let replay = store
+            .idempotent_replay(t.id, "key-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(replay.request_hash, "hash-1");
+        assert_eq!(replay.response["key"], "key-1");
+        assert!(
+            store
+                .idempotent_replay(t.id, "key-2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        match store.record_exchange(&write(t.id, conv, false)).await {
+            Err(StoreError::Conflict(name)) => {
+                assert_eq!(name, "messages_idempotency", "{}", db.label())
+            }
+            other => panic!("expected conflict, got {other:?}"),
+        }
+        // The same key is free in another tenant.
+        let other = tenant(store.as_ref()).await;
+        store
+            .record_exchange(&write(other.id, Uuid::now_v7(), true))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn claim_next_takes_the_most_urgent_item_first() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (_, low) = exchange(store.as_ref(), t.id, "review", 0, 10).await;
+        let (_, high_late) = exchange(store.as_ref(), t.id, "review", 2, 120).await;
+        let (_, high_soon) = exchange(store.as_ref(), t.id, "review", 2, 30).await;
+        let (_, normal) = exchange(store.as_ref(), t.id, "review", 1, 5).await;
+        let listed: Vec<Uuid> = store
+            .list_reviews(
+                t.id,
+                &ReviewFilter {
+                    state: None,
+                    limit: 10,
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        let expected = vec![
+            high_soon.unwrap(),
+            high_late.unwrap(),
+            normal.unwrap(),
+            low.unwrap(),
+        ];
+        assert_eq!(listed, expected, "{}", db.label());
+        let mut claimed = Vec::new();
+        while let Some(item) = store
+            .claim_next_review(t.id, &claim("alice", 600))
+            .await
+            .unwrap()
+        {
+            assert_eq!(item.state, "claimed");
+            assert_eq!(item.claimed_by.as_deref(), Some("alice"));
+            claimed.push(item.id);
+        }
+        assert_eq!(claimed, expected);
+        let open = store.list_reviews(
+            t.id,
+            &ReviewFilter {
+                state: Some(ReviewState::Open),
+                limit: 10,
+            },
+            Utc::now(),
+        );
+        assert!(open.await.unwrap().is_empty());
+        let mine = store.list_reviews(
+            t.id,
+            &ReviewFilter {
+                state: Some(ReviewState::Claimed),
+                limit: 10,
+            },
+            Utc::now(),
+        );
+        assert_eq!(mine.await.unwrap().len(), 4);
+    }
+}
+
+#[tokio::test]
+async fn a_claimed_item_cannot_be_taken_until_released() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let id = review.unwrap();
+        store
+            .claim_review(t.id, id, &claim("alice", 600))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.claim_review(t.id, id, &claim("bob", 600)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(
+            store
+                .claim_next_review(t.id, &claim("bob", 600))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Re-claiming your own item renews it.
+        store
+            .claim_review(t.id, id, &claim("alice", 900))
+            .await
+            .unwrap();
+        let renewed = store
+            .renew_review_lease(t.id, id, &claim("alice", 1200))
+            .await
+            .unwrap();
+        assert!(renewed.lease_expires_at.unwrap() > Utc::now() + Duration::seconds(1000));
+        assert!(matches!(
+            store.renew_review_lease(t.id, id, &claim("bob", 60)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.release_review(t.id, id, "bob", Utc::now()).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let released = store
+            .release_review(t.id, id, "alice", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(released.state, "open");
+        assert!(released.claimed_by.is_none());
+        let taken = store
+            .claim_review(t.id, id, &claim("bob", 600))
+            .await
+            .unwrap();
+        assert_eq!(taken.claimed_by.as_deref(), Some("bob"), "{}", db.label());
+        let kinds: Vec<String> = store
+            .review_events(t.id, id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["created", "claimed", "claimed", "released", "claimed"]
+        );
+        assert!(matches!(
+            store
+                .claim_review(t.id, Uuid::now_v7(), &claim("bob", 60))
+                .await,
+            Err(StoreError::NotFound)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_makes_the_item_claimable_again() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let id = review.unwrap();
+        // Alice's lease ran out a second ago.
+        store
+            .claim_review(t.id, id, &claim("alice", -1))
+            .await
+            .unwrap();
+        let open = store.list_reviews(
+            t.id,
+            &ReviewFilter {
+                state: Some(ReviewState::Open),
+                limit: 10,
+            },
+            Utc::now(),
+        );
+        assert_eq!(
+            open.await.unwrap().len(),
+            1,
+            "{}: expired claim counts as open",
+            db.label()
+        );
+        let next = store
+            .claim_next_review(t.id, &claim("bob", 600))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.id, id);
+        assert_eq!(next.claimed_by.as_deref(), Some("bob"));
+        let events = store.review_events(t.id, id).await.unwrap();
+        let expired = events
+            .iter()
+            .find(|e| e.kind == "lease_expired")
+            .expect("lease expiry is logged");
+        assert_eq!(expired.data.0["previous"], "alice");
+        // Alice can no longer resolve it.
+        let r = resolution(id, "alice", None);
+        assert!(matches!(
+            store.resolve_review(t.id, &r).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+}
+
+fn resolution(id: Uuid, reviewer: &str, expected_version: Option<i64>) -> Resolution {
+    Resolution {
+        review_id: id,
+        reviewer: reviewer.into(),
+        expected_version,
+        action: "edit".into(),
+        final_reply: Some("Here is what happened…".into()),
+        reply_message: Some(message(Role::Reviewer, "Here is what happened…", None)),
+        event: NewReviewEvent {
+            id: Uuid::now_v7(),
+            actor: reviewer.into(),
+            kind: "resolved.edit".into(),
+            data: json!({ "before": "draft reply", "after": "Here is what happened…" }),
+        },
+        feedback: NewFeedback {
+            id: Uuid::now_v7(),
+            label_intent: Some("card_delivery_estimate".into()),
+        },
+        now: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn resolving_writes_reply_audit_and_feedback_once() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (conv, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let id = review.unwrap();
+        // Unclaimed items cannot be resolved.
+        assert!(matches!(
+            store
+                .resolve_review(t.id, &resolution(id, "alice", None))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let claimed = store
+            .claim_review(t.id, id, &claim("alice", 600))
+            .await
+            .unwrap();
+        // A stale version is refused and changes nothing.
+        let stale = store
+            .resolve_review(t.id, &resolution(id, "alice", Some(claimed.version - 1)))
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict(_))),
+            "{}",
+            db.label()
+        );
+        let resolved = store
+            .resolve_review(t.id, &resolution(id, "alice", Some(claimed.version)))
+            .await
+            .unwrap();
+        assert_eq!(resolved.state, "resolved");
+        assert_eq!(resolved.resolution.as_deref(), Some("edit"));
+        assert_eq!(resolved.resolved_by.as_deref(), Some("alice"));
+        assert!(resolved.lease_expires_at.is_none());
+        // A second resolve (double click, second replica) is refused.
+        assert!(matches!(
+            store
+                .resolve_review(t.id, &resolution(id, "alice", None))
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        let msgs = store.conversation_messages(t.id, conv).await.unwrap();
+        assert_eq!(msgs.last().unwrap().role, "reviewer");
+        assert_eq!(msgs.last().unwrap().body, "Here is what happened…");
+        assert_eq!(msgs.len(), 3);
+        let events = store.review_events(t.id, id).await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.kind.as_str(), last.actor.as_str()),
+            ("resolved.edit", "alice")
+        );
+        assert_eq!(last.data.0["before"], "draft reply");
+        let feedback = store.review_feedback(t.id, id).await.unwrap();
+        assert_eq!(feedback.len(), 1);
+        assert_eq!(feedback[0].customer_text, "where is my card");
+        assert_eq!(
+            feedback[0].predicted_intent.as_deref(),
+            Some("card_arrival")
+        );
+        assert_eq!(
+            feedback[0].label_intent.as_deref(),
+            Some("card_delivery_estimate")
+        );
+        assert_eq!(feedback[0].draft.as_deref(), Some("draft reply"));
+        assert_eq!(
+            feedback[0].sop_ref.as_deref(),
+            Some("card-delivery@1#abcdefabcdef")
+        );
+        // The conversation may open a new item now.
+        assert!(
+            store
+                .open_review_for_conversation(t.id, conv)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let listed = store.list_reviews(
+            t.id,
+            &ReviewFilter {
+                state: Some(ReviewState::Resolved),
+                limit: 5,
+            },
+            Utc::now(),
+        );
+        assert_eq!(listed.await.unwrap()[0].id, id);
+    }
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_claimers_never_share_an_item() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let items = 200;
+        for i in 0..items {
+            exchange(store.as_ref(), t.id, "review", i % 4, 60).await;
+        }
+        let mut tasks = Vec::new();
+        for worker in 0..32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let me = format!("reviewer-{worker}");
+                let mut mine = Vec::new();
+                loop {
+                    match store.claim_next_review(t.id, &claim(&me, 600)).await {
+                        Ok(Some(item)) => {
+                            assert_eq!(item.claimed_by.as_deref(), Some(me.as_str()));
+                            store
+                                .resolve_review(t.id, &resolution(item.id, &me, Some(item.version)))
+                                .await
+                                .unwrap();
+                            mine.push(item.id);
+                        }
+                        Ok(None) => break,
+                        Err(err) => panic!("claim failed: {err:?}"),
+                    }
+                }
+                mine
+            }));
+        }
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        for task in tasks {
+            for id in task.await.unwrap() {
+                total += 1;
+                assert!(seen.insert(id), "{}: item {id} claimed twice", db.label());
+            }
+        }
+        assert_eq!(
+            total,
+            items as usize,
+            "{}: every item resolved exactly once",
+            db.label()
+        );
+        let left = store
+            .list_reviews(
+                t.id,
+                &ReviewFilter {
+                    state: None,
+                    limit: 500,
+                },
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+        // Each item has exactly created, claimed, resolved in its audit trail.
+        for id in seen.iter().take(20) {
+            let kinds: Vec<String> = store
+                .review_events(t.id, *id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            assert_eq!(kinds, ["created", "claimed", "resolved.edit"]);
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Test harness: a real sopr on a real database, bound to 127.0.0.1:0.
+//! SQLite always; Postgres too when `SOPR_TEST_DATABASE_URL` names a server
+//! (each test gets its own throw-away database, dropped afterwards).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sopr::config::Config;
+use sopr::store::{Store, Tenant};
+use sqlx::Connection;
+
+/// A database that exists for one test.
+pub enum TestDb {
+    Sqlite {
+        url: String,
+        _dir: tempfile::TempDir,
+    },
+    Postgres {
+        url: String,
+        admin_url: String,
+        name: String,
+    },
+}
+
+impl TestDb {
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            TestDb::Sqlite { .. } => "sqlite",
+            TestDb::Postgres { .. } => "postgres",
+        }
+    }
+
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("sopr.db").display());
+        TestDb::Sqlite { url, _dir: dir }
+    }
+
+    pub async fn postgres(admin_url: &str) -> TestDb {
+        let name = format!("sopr_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("connect to SOPR_TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create throw-away database");
+        let url = with_database(admin_url, &name);
+        TestDb::Postgres {
+            url,
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres {
+            admin_url, name, ..
+        } = self
+        {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs outside async context: use a private runtime on a thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// `postgres://u@h:5432/db?x=y` with the database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// Every backend this run can test: SQLite, plus Postgres when configured.
+pub async fn databases() -> Vec<TestDb> {
+    let mut dbs = vec![TestDb::sqlite()];
+    if let Ok(url) = std::env::var("SOPR_TEST_DATABASE_URL")
+        && !url.trim().is_empty()
+    {
+        dbs.push(TestDb::postgres(url.trim()).await);
+    }
+    dbs
+}
+
+pub fn sops_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sops")
+}
+
+pub fn test_config(db_url: &str) -> Config {
+    let mut config = Config::default();
+    config.database.url = SecretString::from(db_url.to_string());
+    config.database.max_connections = 40;
+    config.sops.dir = sops_dir();
+    config.bootstrap.demo_tenant = String::new();
+    config.server.listen = "127.0.0.1:0".into();
+    config.log.level = "warn".into();
+    config
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub key: String,
+    pub tenant: Tenant,
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub db: TestDb,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_on(TestDb::sqlite(), |_| {}).await
+}
+
+/// Starts sopr on `db`, with a tenant and API key of its own.
+pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = test_config(db.url());
+    configure(&mut config);
+    sopr::telemetry::init(&config.log);
+    let service = sopr::service::build(config).await.expect("service builds");
+    let store = service.state.store.clone();
+    let config = service.state.config.clone();
+    let tenant_name = format!("tenant-{}", uuid::Uuid::now_v7().simple());
+    let key = sopr::service::create_key(store.as_ref(), &tenant_name)
+        .await
+        .expect("api key");
+    let (tenant, _) = store.ensure_tenant(&tenant_name).await.expect("tenant");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(sopr::serve(listener, service.state, std::future::pending()));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        key,
+        tenant,
+        store,
+        config,
+        db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Posts a customer message and returns the JSON outcome (asserting 201).
+    pub async fn message(&self, customer: &str, text: &str) -> Value {
+        self.message_in(None, customer, text).await
+    }
+
+    pub async fn message_in(
+        &self,
+        conversation: Option<&str>,
+        customer: &str,
+        text: &str,
+    ) -> Value {
+        let mut body = json!({ "customer": { "id": customer, "name": "Sam" }, "text": text });
+        if let Some(c) = conversation {
+            body["conversation_id"] = json!(c);
+        }
+        let response = self.post("/v1/messages", &body).await;
+        let status = response.status();
+        let value: Value = response.json().await.expect("json body");
+        assert_eq!(status, 201, "unexpected response: {value}");
+        value
+    }
+}
+
+/// Reads a problem+json response, asserting its status and content type.
+pub async fn problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["status"], status);
+    body
+}
