@@ -268,12 +268,13 @@ impl Config {
         if self.messages.max_text_chars == 0 {
             return invalid("messages.max_text_chars", "must be positive".into());
         }
-        if let Err(err) = tera::Tera::one_off(
-            &self.messages.holding_reply,
-            &crate::agent::sample_context(),
-            false,
-        ) {
-            return invalid("messages.holding_reply", crate::sop::tera_error_chain(&err));
+        for context in [
+            crate::agent::sample_context(),
+            crate::agent::minimal_sample_context(),
+        ] {
+            if let Err(err) = tera::Tera::one_off(&self.messages.holding_reply, &context, false) {
+                return invalid("messages.holding_reply", crate::sop::tera_error_chain(&err));
+            }
         }
         if self.review.lease_secs < 10 {
             return invalid("review.lease_secs", "must be at least 10 seconds".into());
@@ -301,15 +302,33 @@ impl Config {
     }
 }
 
+/// Sections a `SOPR_*` variable may set. Other `SOPR_*` variables (`SOPR_CONFIG`,
+/// `SOPR_TEST_*`, or `SOPR_PORT` and `SOPR_SERVICE_HOST` that Kubernetes injects
+/// for a Service named `sopr`) are not configuration and are ignored; a typo in
+/// a key of a known section still stops the start.
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "sops",
+    "routing",
+    "escalation",
+    "messages",
+    "review",
+    "bootstrap",
+    "log",
+];
+
 fn env_provider() -> Env {
-    // `SOPR_CONFIG` names the file and `SOPR_TEST_*` belongs to the test suite.
     Env::prefixed("SOPR_")
         .filter(|key| {
-            let key = key.as_str();
-            key != "config" && !key.starts_with("test_")
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| {
+                key.strip_prefix(s)
+                    .is_some_and(|rest| rest.starts_with('_'))
+            })
         })
         .map(|key| {
-            let key = key.as_str();
+            let key = key.as_str().to_ascii_lowercase();
             if key.contains("__") {
                 key.replace("__", ".").into()
             } else {
@@ -403,6 +422,55 @@ mod tests {
             "postgres://db/sopr?password=***&sslmode=require"
         );
         assert_eq!(mask_url("sqlite://sopr.db"), "sqlite://sopr.db");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn environment_sets_known_sections_only() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SOPR_DATABASE_URL", "postgres://u:p@h/db");
+            jail.set_env("SOPR_REVIEW__LEASE_SECS", "120");
+            jail.set_env("SOPR_TEST_DATABASE_URL", "postgres://elsewhere/x");
+            jail.set_env("SOPR_PORT", "tcp://10.0.0.1:80");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.database.url.expose_secret(), "postgres://u:p@h/db");
+            assert_eq!(config.review.lease_secs, 120);
+            jail.set_env("SOPR_SERVER_LISTN", "x");
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn file_values_are_validated_with_the_key_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("sopr.toml", "[routing]\ndefault_min_confidence = 1.5\n")?;
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("routing.default_min_confidence"), "{err}");
+            jail.create_file("sopr.toml", "[server]\nlisten = \"nope\"\n")?;
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("server.listen"), "{err}");
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:9999".into()),
+                ..Overrides::default()
+            };
+            assert_eq!(
+                Config::load(None, &overrides)
+                    .map_err(|e| e.to_string())?
+                    .server
+                    .listen,
+                "127.0.0.1:9999"
+            );
+            Ok(())
+        });
     }
 
     #[test]

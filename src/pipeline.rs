@@ -82,6 +82,8 @@ pub enum PipelineError {
 /// Why a case needs a person. Rendered as `low_confidence`, `flag:pii.email`, …
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
+    /// The conversation already waits for a person; the message joins that item.
+    OpenReview,
     NoRoute,
     LowConfidence,
     AlwaysReview,
@@ -92,6 +94,7 @@ pub enum Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Reason::OpenReview => f.write_str("open_review"),
             Reason::NoRoute => f.write_str("no_route"),
             Reason::LowConfidence => f.write_str("low_confidence"),
             Reason::AlwaysReview => f.write_str("always_review"),
@@ -296,19 +299,25 @@ impl Pipeline {
             tracing::error!(sop = sop.as_ref().map(|s| s.reference()), error = %err, "SOP template failed to render");
         }
         let draft_text = draft.as_ref().and_then(|d| d.as_ref().ok()).cloned();
-        let reasons = decide(
+        let mut reasons = decide(
             sop.as_deref(),
             confidence,
             &flags,
             draft_text.is_some() || sop.is_none(),
             &self.config,
         );
+        // Below its threshold the routed SOP is only a guess: its holding reply,
+        // priority and SLA (say, "our fraud team will call") must not apply.
+        let trusted_sop = sop
+            .as_deref()
+            .filter(|_| !reasons.contains(&Reason::LowConfidence));
 
         let message_id = Uuid::now_v7();
         let decision_id = Uuid::now_v7();
         let sop_ref = sop.as_ref().map(|s| s.reference());
         let (outcome, decision_outcome, reply_text, review) = if let Some(open) = &open_review {
             // The case is with a person: the bot stays silent on this conversation.
+            reasons.insert(0, Reason::OpenReview);
             (
                 "queued",
                 "joined",
@@ -318,12 +327,12 @@ impl Pipeline {
         } else if reasons.is_empty() {
             ("answered", "answered", draft_text.clone(), ReviewPlan::None)
         } else {
-            let esc = sop.as_ref().map(|s| &s.file.escalation);
+            let esc = trusted_sop.map(|s| &s.file.escalation);
             let sla = esc
                 .and_then(|e| e.sla_minutes)
                 .unwrap_or(self.config.review.default_sla_minutes);
             let priority = esc.map_or(Priority::Normal, |e| e.priority);
-            let holding = self.holding_reply(sop.as_deref(), &context);
+            let holding = self.holding_reply(trusted_sop, &context);
             let item = NewReviewItem {
                 id: Uuid::now_v7(),
                 priority: priority.rank(),

@@ -70,6 +70,15 @@ async fn low_confidence_goes_to_review_with_a_holding_reply() {
             .contains("A member of our team"),
         "{out}"
     );
+    // A guessed SOP does not lend its holding reply or urgency to the case.
+    let review_id = uuid::Uuid::parse_str(out["review_id"].as_str().unwrap()).unwrap();
+    let item = app
+        .store
+        .review(app.tenant.id, review_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(item.priority, sopr::sop::Priority::Normal.rank());
 }
 
 #[tokio::test]
@@ -162,6 +171,7 @@ async fn follow_ups_join_the_open_review_and_the_bot_stays_silent() {
         second.get("reply").is_none(),
         "no second holding reply: {second}"
     );
+    assert_eq!(second["reasons"][0], "open_review");
     let review_id = uuid::Uuid::parse_str(first["review_id"].as_str().unwrap()).unwrap();
     let item = app
         .store
@@ -343,6 +353,17 @@ async fn every_input_error_is_a_problem_naming_the_field() {
     )
     .await;
     assert_eq!(body["errors"][0]["field"], "conversation_id");
+    // A misspelt field is refused rather than silently ignored.
+    let body = problem(
+        app.post(
+            "/v1/messages",
+            &json!({ "customer": { "id": "c" }, "text": "hi", "conversationId": "x" }),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "conversationId");
     let body = problem(
         app.post(
             "/v1/messages",

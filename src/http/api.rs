@@ -21,7 +21,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/conversations/{id}", get(get_conversation))
 }
 
+/// Unknown fields are refused: a typo such as `conversationId` must not
+/// silently start a new conversation.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MessageRequest {
     conversation_id: Option<Uuid>,
     customer: CustomerRequest,
@@ -31,6 +34,7 @@ struct MessageRequest {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CustomerRequest {
     id: String,
     name: Option<String>,

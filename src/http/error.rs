@@ -227,6 +227,17 @@ fn describe_serde_error(path: &str, message: &str) -> (String, String) {
     {
         return (join(path, field), "is required".into());
     }
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some(field) = rest.split('`').next()
+    {
+        // The path already ends at the unknown field.
+        let field = if path.ends_with(field) {
+            path.to_string()
+        } else {
+            join(path, field)
+        };
+        return (field, "is not a known field".into());
+    }
     let field = if path == "." || path.is_empty() {
         "body".to_string()
     } else {

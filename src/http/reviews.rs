@@ -115,8 +115,7 @@ async fn show(
     let sop = item
         .sop_ref
         .as_deref()
-        .and_then(|r| r.split('@').next())
-        .and_then(|sop_id| state.pipeline.sops().versions.iter().rev().find(|s| s.id() == sop_id))
+        .and_then(|r| state.pipeline.sops().versions.iter().find(|s| s.reference() == r))
         .map(|s| json!({ "ref": s.reference(), "title": s.file.title, "agent": s.file.agent, "steps": s.file.steps }));
     Ok(Json(json!({
         "item": view(&item),

@@ -196,13 +196,14 @@ impl Classifier {
             .into_iter()
             .map(|(id, tf)| (id, (1.0 + tf.ln()) * self.idf[id as usize]))
             .collect();
+        // Sorted before summing: float addition order must not depend on hashing.
+        v.sort_unstable_by_key(|(id, _)| *id);
         let norm = v.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
         if norm > 0.0 {
             for (_, x) in &mut v {
                 *x /= norm;
             }
         }
-        v.sort_unstable_by_key(|(id, _)| *id);
         v
     }
 

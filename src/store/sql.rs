@@ -467,6 +467,21 @@ macro_rules! impl_store {
                             item.claimed_by.as_deref().unwrap_or("another reviewer")
                         )));
                     }
+                    // A repeated claim (double click, retry) by the holder only extends
+                    // the lease: no new version, so a versioned resolve still matches.
+                    "claimed" if item.lease_expires_at.is_some_and(|t| t >= claim.now) => {
+                        let renewed = sqlx::query_as::<_, ReviewItem>(concat!(
+                            "UPDATE review_items SET lease_expires_at = $1, updated_at = $2 WHERE id = $3 RETURNING ",
+                            review_columns!()
+                        ))
+                        .bind(claim.lease_until)
+                        .bind(claim.now)
+                        .bind(item.id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        return Ok(renewed);
+                    }
                     _ => {}
                 }
                 let claimed = take_claim(&mut tx, &item, claim).await?;
