@@ -507,3 +507,27 @@ async fn odd_but_valid_text_gets_a_clear_decision() {
         assert_eq!(out["outcome"], "queued", "{text}: {out}");
     }
 }
+
+#[tokio::test]
+async fn a_database_failure_is_a_500_with_only_a_request_id() {
+    let app = spawn_app().await;
+    // Break the database under the running service.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(app.db.url())
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE decisions RENAME TO decisions_gone")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            "/v1/messages",
+            &json!({ "customer": { "id": "c" }, "text": "what is the exchange rate" }),
+        )
+        .await;
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = problem(r, 500).await;
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert!(body.get("detail").is_none(), "no internals leak: {body}");
+    assert!(!body.to_string().contains("decisions"), "{body}");
+}

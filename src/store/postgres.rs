@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -14,6 +14,9 @@ pub struct PostgresStore {
 impl PostgresStore {
     pub async fn connect(url: &str, max_connections: u32) -> super::Result<Self> {
         let options = PgConnectOptions::from_str(url)?.application_name("sopr");
+        // One direct connection first: a refused connection or a bad password
+        // then surfaces as itself instead of as a pool timeout.
+        PgConnection::connect_with(&options).await?.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -26,8 +29,9 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres")
     }
 
-    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Postgres>> {
-        self.pool.begin().await
+    /// Postgres handles concurrent writers itself (row locks, SKIP LOCKED).
+    async fn begin_write(&self) -> sqlx::Result<((), sqlx::Transaction<'static, Postgres>)> {
+        Ok(((), self.pool.begin().await?))
     }
 }
 

@@ -200,7 +200,7 @@ macro_rules! impl_store {
             }
 
             async fn record_sop_versions(&self, versions: &[SopVersionRecord]) -> Result<()> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let now = Utc::now();
                 for v in versions {
                     sqlx::query(
@@ -264,7 +264,7 @@ macro_rules! impl_store {
             }
 
             async fn record_exchange(&self, ex: &Exchange) -> Result<()> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let now = ex.inbound.created_at;
                 match &ex.new_conversation {
                     Some(c) => {
@@ -432,7 +432,7 @@ macro_rules! impl_store {
             }
 
             async fn claim_next_review(&self, tenant_id: Uuid, claim: &Claim) -> Result<Option<ReviewItem>> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let sql = concat!(
                     "SELECT ",
                     review_columns!(),
@@ -455,7 +455,7 @@ macro_rules! impl_store {
             }
 
             async fn claim_review(&self, tenant_id: Uuid, id: Uuid, claim: &Claim) -> Result<ReviewItem> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let item = lock_review(&mut tx, tenant_id, id).await?;
                 match item.state.as_str() {
                     "resolved" => return Err(StoreError::Conflict("the item is already resolved".into())),
@@ -507,7 +507,7 @@ macro_rules! impl_store {
             }
 
             async fn release_review(&self, tenant_id: Uuid, id: Uuid, reviewer: &str, now: DateTime<Utc>) -> Result<ReviewItem> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let item = lock_review(&mut tx, tenant_id, id).await?;
                 if item.state != "claimed" || item.claimed_by.as_deref() != Some(reviewer) {
                     return Err(StoreError::Conflict("the item is not claimed by this reviewer".into()));
@@ -524,7 +524,7 @@ macro_rules! impl_store {
             }
 
             async fn resolve_review(&self, tenant_id: Uuid, r: &Resolution) -> Result<ReviewItem> {
-                let mut tx = self.begin_write().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let item = lock_review(&mut tx, tenant_id, r.review_id).await?;
                 if item.state == "resolved" {
                     return Err(StoreError::Conflict("the item is already resolved".into()));

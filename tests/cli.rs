@@ -1,0 +1,170 @@
+//! The `sopr` binary as operators and scripts use it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn sopr() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sopr"));
+    cmd.env_remove("SOPR_DATABASE_URL")
+        .env_remove("SOPR_CONFIG")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+fn temp_db() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sopr.db").display());
+    (dir, url)
+}
+
+#[test]
+fn keys_create_prints_only_a_new_key() {
+    let (_dir, url) = temp_db();
+    let run = || {
+        let out = sopr()
+            .args(["--database", &url, "keys", "create", "--tenant", "acme"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (a, b) = (run(), run());
+    for key in [&a, &b] {
+        let key = key.strip_suffix('\n').expect("one line");
+        assert!(
+            key.starts_with("sopr_") && key.len() == 69 && !key.contains(char::is_whitespace),
+            "{key:?}"
+        );
+    }
+    assert_ne!(a, b, "every call makes a new key for the same tenant");
+    let out = sopr()
+        .args(["--database", &url, "keys", "create", "--tenant", " "])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn print_config_masks_secrets_and_bad_config_names_the_key() {
+    let out = sopr()
+        .args([
+            "--database",
+            "postgres://sopr:hunter2@db.internal:5432/sopr",
+            "print-config",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(
+        text.contains("postgres://sopr:***@db.internal:5432/sopr"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"));
+
+    let out = sopr()
+        .env("SOPR_REVIEW_LEASE_SECS", "1")
+        .arg("print-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("review.lease_secs"));
+    let out = sopr()
+        .args(["--database", "mysql://x/y", "print-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sopr.toml");
+    std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\ntypo = 1\n").unwrap();
+    let out = sopr()
+        .arg("--config")
+        .arg(&file)
+        .arg("print-config")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["sops", "check", "--help"],
+        vec!["keys", "create", "--help"],
+        vec!["print-config", "--help"],
+    ] {
+        let out = sopr().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("Usage: sopr"), "{args:?}: {text}");
+    }
+    let out = sopr().args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("--listen <ADDR:PORT>")
+            && text.contains("--sops <DIR>")
+            && text.contains("--database <URL>")
+    );
+}
+
+/// Starts `serve`, returns the key it printed (if any) once it is listening, then stops it.
+fn serve_once(url: &str) -> Option<String> {
+    let sops = concat!(env!("CARGO_MANIFEST_DIR"), "/sops");
+    let mut child = sopr()
+        .args([
+            "--database",
+            url,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sops",
+            sops,
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut key = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("serve starts");
+        if let Some(k) = line.trim().strip_prefix("sopr_") {
+            key = Some(format!("sopr_{k}"));
+        }
+        if line.contains("sopr listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    key
+}
+
+#[test]
+fn serve_bootstraps_a_demo_tenant_once() {
+    let (_dir, url) = temp_db();
+    let key = serve_once(&url).expect("first start prints the demo key");
+    assert_eq!(key.len(), 69);
+    assert!(serve_once(&url).is_none(), "the key is shown only once");
+}
