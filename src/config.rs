@@ -5,6 +5,7 @@
 //! After merging, `validate()` rejects anything a person would have to debug at
 //! runtime, naming the key at fault. Secrets are `SecretString` and never printed.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,7 @@ pub struct Config {
     pub sops: SopsConfig,
     pub routing: RoutingConfig,
     pub escalation: EscalationConfig,
+    pub screen: ScreenConfig,
     pub messages: MessagesConfig,
     pub review: ReviewConfig,
     pub bootstrap: BootstrapConfig,
@@ -71,6 +73,20 @@ pub struct RoutingConfig {
 pub struct EscalationConfig {
     /// Flags that force review under every SOP (`pii.*` matches a family).
     pub force_review_flags: Vec<String>,
+}
+
+/// What the screen looks for beyond its built-in detectors. The built-in
+/// topic lists live in `routing::screen::DEFAULT_TOPICS`, not here, so that a
+/// `[screen.topics]` entry adds to a list instead of silently replacing it
+/// (figment replaces arrays wholesale).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScreenConfig {
+    /// Topic name (`[a-z_]+`) → phrases; a phrase in a message raises
+    /// `topic.<name>`. Added to the built-in list of the same name, if any.
+    pub topics: BTreeMap<String, Vec<String>>,
+    /// Drop the built-in topic lists and use only `topics`.
+    pub replace_default_topics: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,7 +150,18 @@ impl Default for Config {
                 seed: 42,
             },
             escalation: EscalationConfig {
-                force_review_flags: vec!["pii.*".into(), "human_requested".into(), "topic.fraud".into()],
+                force_review_flags: vec![
+                    "pii.*".into(),
+                    "human_requested".into(),
+                    "topic.fraud".into(),
+                    "topic.legal_threat".into(),
+                    "topic.self_harm".into(),
+                    "topic.regulator_complaint".into(),
+                ],
+            },
+            screen: ScreenConfig {
+                topics: BTreeMap::new(),
+                replace_default_topics: false,
             },
             messages: MessagesConfig {
                 max_text_chars: 4000,
@@ -173,6 +200,7 @@ impl_default_from_config!(
     SopsConfig => sops,
     RoutingConfig => routing,
     EscalationConfig => escalation,
+    ScreenConfig => screen,
     MessagesConfig => messages,
     ReviewConfig => review,
     BootstrapConfig => bootstrap,
@@ -185,7 +213,7 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Load(Box<figment::Error>),
     #[error("invalid config key `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
 /// Command-line values that override every other source.
@@ -223,7 +251,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
         if self.server.listen.parse::<SocketAddr>().is_err() {
             return invalid(
                 "server.listen",
@@ -264,6 +297,9 @@ impl Config {
                     format!("`{flag}` is not a flag name such as `pii.card_number` or `pii.*`"),
                 );
             }
+        }
+        if let Err(err) = crate::routing::screen::Screen::from_config(&self.screen) {
+            return invalid(&format!("screen.topics.{}", err.topic), err.message);
         }
         if self.messages.max_text_chars == 0 {
             return invalid("messages.max_text_chars", "must be positive".into());
@@ -312,6 +348,7 @@ const SECTIONS: &[&str] = &[
     "sops",
     "routing",
     "escalation",
+    "screen",
     "messages",
     "review",
     "bootstrap",
@@ -381,19 +418,38 @@ fn toml_string(config: &Config) -> String {
             serde_json::Value::String(config.database_url_masked()),
         );
     }
+    // Show the topic lists the screen really uses, built-in ones included.
+    // Loading this output again gives the same lists: merging is idempotent.
+    if let Some(screen) = value.get_mut("screen").and_then(|s| s.as_object_mut()) {
+        screen.insert(
+            "topics".into(),
+            serde_json::to_value(crate::routing::screen::effective_topics(&config.screen))
+                .unwrap_or_default(),
+        );
+    }
     let mut out = String::new();
     if let Some(sections) = value.as_object() {
         for (section, body) in sections {
-            out.push_str(&format!("[{section}]\n"));
-            if let Some(body) = body.as_object() {
-                for (key, v) in body {
-                    out.push_str(&format!("{key} = {}\n", toml_value(v)));
-                }
-            }
-            out.push('\n');
+            toml_table(&mut out, section, body);
         }
     }
     out
+}
+
+/// `[name]` with its plain keys, then each nested table as `[name.key]`.
+fn toml_table(out: &mut String, name: &str, body: &serde_json::Value) {
+    out.push_str(&format!("[{name}]\n"));
+    let Some(body) = body.as_object() else {
+        out.push('\n');
+        return;
+    };
+    for (key, v) in body.iter().filter(|(_, v)| !v.is_object()) {
+        out.push_str(&format!("{key} = {}\n", toml_value(v)));
+    }
+    out.push('\n');
+    for (key, v) in body.iter().filter(|(_, v)| v.is_object()) {
+        toml_table(out, &format!("{name}.{key}"), v);
+    }
 }
 
 fn toml_value(v: &serde_json::Value) -> String {
@@ -476,6 +532,94 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sensitive_topics_force_review_by_default() {
+        let flags = Config::default().escalation.force_review_flags;
+        for flag in [
+            "topic.fraud",
+            "topic.legal_threat",
+            "topic.self_harm",
+            "topic.regulator_complaint",
+        ] {
+            assert!(flags.iter().any(|f| f == flag), "{flag}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn screen_topics_come_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "sopr.toml",
+                "[screen.topics]\nvulnerable = [\"bereavement\", \"lost my job\"]\n",
+            )?;
+            jail.set_env(
+                "SOPR_SCREEN__TOPICS__DEBT",
+                r#"["payday loan", "bailiffs"]"#,
+            );
+            jail.set_env("SOPR_SCREEN_REPLACE_DEFAULT_TOPICS", "true");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.screen.topics["vulnerable"],
+                ["bereavement", "lost my job"]
+            );
+            assert_eq!(config.screen.topics["debt"], ["payday loan", "bailiffs"]);
+            assert!(config.screen.replace_default_topics);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn bad_screen_topics_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            for (toml, key) in [
+                ("[screen.topics]\nDebt = [\"x\"]\n", "screen.topics.Debt"),
+                ("[screen.topics]\ndebt = []\n", "screen.topics.debt"),
+                (
+                    "[screen.topics]\nfraud = [\"ok\", \"\"]\n",
+                    "screen.topics.fraud",
+                ),
+                (
+                    "[screen.topics]\nfraud = [\"re*fund\"]\n",
+                    "screen.topics.fraud",
+                ),
+            ] {
+                jail.create_file("sopr.toml", toml)?;
+                let err = Config::load(None, &Overrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(&format!("`{key}`")), "{toml}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn print_config_shows_the_topic_lists_in_use_and_reloads() {
+        let mut config = Config::default();
+        config
+            .screen
+            .topics
+            .insert("vulnerable".into(), vec!["bereavement".into()]);
+        let printed = config.to_masked_toml();
+        assert!(
+            printed.contains("[screen]\nreplace_default_topics = false\n"),
+            "{printed}"
+        );
+        assert!(printed.contains("\n[screen.topics]\n"), "{printed}");
+        assert!(printed.contains("kill myself"), "{printed}");
+        let reloaded: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(&printed))
+            .extract()
+            .unwrap();
+        assert_eq!(
+            crate::routing::screen::effective_topics(&reloaded.screen),
+            crate::routing::screen::effective_topics(&config.screen)
+        );
+        reloaded.validate().unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::agent::{self, ConversationView, CustomerView, DraftContext, MessageView};
 use crate::config::Config;
-use crate::routing::screen::{self, flag_matches};
+use crate::routing::screen::{self, Screen, TopicError, flag_matches};
 use crate::routing::{Classifier, Flag};
 use crate::sop::{Priority, Sop, SopSet};
 use crate::store::{
@@ -157,21 +157,42 @@ pub struct Pipeline {
     sops: Arc<SopSet>,
     classifier: Arc<Classifier>,
     config: Arc<Config>,
+    screen: Screen,
 }
 
 impl Pipeline {
+    /// Like [`Pipeline::try_new`], for a config that passed `Config::validate`
+    /// and SOPs that passed the lint: both compile the same topic lists.
     pub fn new(
         store: Arc<dyn Store>,
         sops: Arc<SopSet>,
         classifier: Arc<Classifier>,
         config: Arc<Config>,
     ) -> Pipeline {
-        Pipeline {
+        Pipeline::try_new(store, sops, classifier, config)
+            .expect("Config::validate and the SOP lint compile these topic lists first")
+    }
+
+    /// Compiles the screen once: the config's topics and each SOP version's own.
+    pub fn try_new(
+        store: Arc<dyn Store>,
+        sops: Arc<SopSet>,
+        classifier: Arc<Classifier>,
+        config: Arc<Config>,
+    ) -> Result<Pipeline, TopicError> {
+        let mut screen = Screen::from_config(&config.screen)?;
+        for sop in &sops.versions {
+            if let Some(own) = &sop.file.screen {
+                screen.add_sop_topics(&sop.reference(), &own.topics)?;
+            }
+        }
+        Ok(Pipeline {
             store,
             sops,
             classifier,
             config,
-        }
+            screen,
+        })
     }
 
     pub fn sops(&self) -> &Arc<SopSet> {
@@ -264,13 +285,21 @@ impl Pipeline {
         };
 
         let t_screen = Instant::now();
-        let flags = screen::screen(&inbound.text);
-        let screen_us = t_screen.elapsed().as_micros() as u64;
+        let mut flags = self.screen.screen(&inbound.text);
+        let mut screen_us = t_screen.elapsed().as_micros() as u64;
         let t_route = Instant::now();
         let ranked = self.classifier.classify(&inbound.text);
         let route_us = t_route.elapsed().as_micros() as u64;
         let (intent, confidence) = ranked.first().cloned().unwrap_or_default();
         let sop = self.sops.for_intent(&intent).cloned();
+        // A SOP's own topics apply to the messages routed to it, whatever the
+        // confidence: a guessed route is reviewed anyway, and the flag helps.
+        if let Some(sop) = &sop {
+            let t_sop_screen = Instant::now();
+            self.screen
+                .screen_for_sop(&sop.reference(), &inbound.text, &mut flags);
+            screen_us += t_sop_screen.elapsed().as_micros() as u64;
+        }
 
         let flag_names: Vec<&str> = flags.iter().map(|f| f.name.as_str()).collect();
         let context = DraftContext {
@@ -436,7 +465,8 @@ impl Pipeline {
             confidence = format!("{confidence:.3}"),
             flags = ?response.flags,
             reasons = ?response.reasons,
-            text = %screen::mask_pii(&truncate(&inbound.text, 120)),
+            // Mask before cutting: a number cut in half no longer looks like one.
+            text = %truncate(&screen::mask_pii(&inbound.text), 120),
             "message decided"
         );
         Ok(response)

@@ -80,6 +80,17 @@ pub struct Response {
     pub llm: Option<LlmResponse>,
 }
 
+/// Screening that applies only to messages routed to this SOP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SopScreen {
+    /// Topic name → phrases, raising `topic.<name>`; same phrase syntax as
+    /// `[screen.topics]` in the config. They force review only when listed in
+    /// `escalation.on_flags` (or `escalation.force_review_flags`).
+    #[serde(default)]
+    pub topics: BTreeMap<String, Vec<String>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Examples {
@@ -101,6 +112,8 @@ pub struct SopFile {
     pub intents: Vec<String>,
     pub examples: Examples,
     pub escalation: Escalation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<SopScreen>,
     pub steps: Vec<String>,
     pub response: Response,
 }
@@ -624,6 +637,16 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
                 sop,
                 "/response/llm/output_schema",
                 format!("not a valid JSON Schema: {err}"),
+            );
+        }
+        if let Some(own) = &f.screen
+            && let Err(err) = crate::routing::screen::Topics::compile(&own.topics)
+        {
+            push(
+                Severity::Error,
+                sop,
+                &format!("/screen/topics/{}", err.topic),
+                err.message,
             );
         }
         if f.status != Status::Active {
