@@ -60,6 +60,46 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the effective configuration (all sources merged), with secrets masked.
     PrintConfig,
+    /// Train the router on one labelled CSV and measure it on another.
+    ///
+    /// Prints accuracy, macro-F1, calibration error (ECE), a risk–coverage table (coverage reached
+    /// at 95/98/99% accuracy, accuracy at 70/80/90% coverage), out-of-scope recall and precision when
+    /// the test file has rows labelled `oos`, and classification latency. CSV files need a header
+    /// with a `text` column and an `intent` or `category` column. Use --data with --holdout to split
+    /// one file (stratified, fixed seed) instead of --train/--test.
+    Eval {
+        /// Training CSV
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "data",
+            conflicts_with = "data"
+        )]
+        train: Option<PathBuf>,
+        /// Test CSV
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "data",
+            conflicts_with = "data"
+        )]
+        test: Option<PathBuf>,
+        /// One CSV to split into train and test
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Share of --data held out for the test, per intent
+        #[arg(long, default_value_t = 0.2, value_name = "FRACTION")]
+        holdout: f64,
+        /// Seed for the split and training [default: routing.seed]
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Abstain below the threshold that reaches this accuracy on the calibration split
+        #[arg(long, value_name = "ACCURACY", default_value_t = 0.99)]
+        target_accuracy: f64,
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +169,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key = crate::service::create_key(store.as_ref(), tenant).await?;
             println!("{key}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval {
+            train,
+            test,
+            data,
+            holdout,
+            seed,
+            target_accuracy,
+            format,
+        } => {
+            anyhow::ensure!(
+                (0.5..1.0).contains(&target_accuracy),
+                "--target-accuracy must be in [0.5, 1)"
+            );
+            let seed = seed.unwrap_or(config.routing.seed);
+            let (train, test) = match (data, train, test) {
+                (Some(data), _, _) => {
+                    anyhow::ensure!(
+                        (0.01..=0.9).contains(&holdout),
+                        "--holdout must be between 0.01 and 0.9"
+                    );
+                    let all = crate::routing::dataset::read_csv(&data)?;
+                    crate::routing::dataset::stratified_split(&all, holdout, seed)
+                }
+                (None, Some(train), Some(test)) => (
+                    crate::routing::dataset::read_csv(&train)?,
+                    crate::routing::dataset::read_csv(&test)?,
+                ),
+                _ => anyhow::bail!("give --train and --test, or --data"),
+            };
+            eval(&train, &test, seed, target_accuracy, format)
         }
         Command::PrintConfig => {
             print!("{}", config.to_masked_toml());
@@ -227,4 +298,98 @@ pub fn check_sops(dir: &std::path::Path, format: Format) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn eval(
+    train: &[(String, String)],
+    test: &[(String, String)],
+    seed: u64,
+    target_accuracy: f64,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    use crate::routing::eval::{Scored, percentile, report};
+    let options = crate::routing::classifier::TrainOptions {
+        seed,
+        target_accuracy: Some(target_accuracy),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let model = crate::routing::Classifier::train(train, &options)?;
+    let train_secs = started.elapsed().as_secs_f64();
+    let calibration = model.calibration().cloned();
+    let threshold = calibration
+        .as_ref()
+        .and_then(|c| c.threshold)
+        .unwrap_or(1.01);
+    let mut latencies = Vec::with_capacity(test.len());
+    let mut scored = Vec::with_capacity(test.len());
+    for (label, text) in test {
+        let t = std::time::Instant::now();
+        let ranked = model.classify(text);
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        let (predicted, confidence) = ranked.first().cloned().unwrap_or_default();
+        scored.push(Scored {
+            label: label.clone(),
+            predicted,
+            confidence,
+            abstained: confidence < threshold,
+        });
+    }
+    latencies.sort_by(f64::total_cmp);
+    let r = report(&scored);
+    let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    match format {
+        Format::Json => {
+            let mut v = serde_json::to_value(&r)?;
+            v["train_examples"] = serde_json::json!(train.len());
+            v["train_seconds"] = serde_json::json!(train_secs);
+            v["latency_us"] = serde_json::json!({ "p50": p50, "p99": p99 });
+            v["model"] = serde_json::json!(model.version());
+            v["calibration"] = serde_json::json!(calibration);
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Text => {
+            println!(
+                "model {}  trained on {} examples in {train_secs:.2}s",
+                model.version(),
+                train.len()
+            );
+            if let Some(c) = &calibration {
+                println!(
+                    "calibration       T={:.3} on {} held-out examples, ECE {:.4} -> {:.4}",
+                    c.temperature, c.holdout_examples, c.ece_before, c.ece_after
+                );
+                match (c.threshold, c.coverage) {
+                    (Some(t), Some(cov)) => println!(
+                        "threshold         {t:.4} for {target_accuracy} accuracy (held-out coverage {cov:.4})"
+                    ),
+                    _ => println!(
+                        "threshold         none reaches {target_accuracy} accuracy on the held-out data"
+                    ),
+                }
+            }
+            println!("test examples     {}", r.examples);
+            println!("accuracy          {:.4}", r.accuracy);
+            println!("macro-F1          {:.4}", r.macro_f1);
+            println!("ECE               {:.4}", r.ece);
+            for (acc, cov) in &r.coverage_at_accuracy {
+                println!("coverage @ acc {acc}   {cov:.4}");
+            }
+            for (cov, acc) in &r.accuracy_at_coverage {
+                println!("accuracy @ cov {cov}   {acc:.4}");
+            }
+            println!(
+                "auto-answered     {:.4} of test traffic at accuracy {:.4} (threshold from calibration)",
+                r.auto_coverage, r.auto_accuracy
+            );
+            if let Some(oos) = &r.out_of_scope {
+                println!(
+                    "out-of-scope      {} rows, recall {:.4}, precision {:.4}",
+                    oos.examples, oos.recall, oos.precision
+                );
+            }
+            println!("latency           p50 {p50:.1}µs  p99 {p99:.1}µs");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

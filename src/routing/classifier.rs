@@ -10,6 +10,9 @@
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
+
+use super::calibration::{self, Calibration};
+use super::dataset::stratified_split;
 use unicode_normalization::UnicodeNormalization;
 
 /// Intents ranked by probability, best first. Probabilities sum to 1.
@@ -22,14 +25,21 @@ pub struct TrainOptions {
     pub learning_rate: f32,
     pub l2: f32,
     pub seed: u64,
+    /// Share of the data held out (per intent) to fit the temperature and
+    /// thresholds; the final model is then trained on everything.
+    pub calibration_fraction: f64,
+    /// Accuracy the automatically answered traffic should reach; picks `Calibration::threshold`.
+    pub target_accuracy: Option<f64>,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            epochs: 40,
-            learning_rate: 0.5,
+            epochs: 30,
+            learning_rate: 0.1,
             l2: 1e-5,
+            calibration_fraction: 0.15,
+            target_accuracy: None,
             seed: 42,
         }
     }
@@ -45,12 +55,16 @@ pub enum TrainError {
 
 pub struct Classifier {
     labels: Vec<String>,
-    vocab: HashMap<String, u32>,
+    vocab: HashMap<u64, u32>,
+    /// Feature family of each feature id.
+    blocks: Vec<Block>,
     idf: Vec<f32>,
     /// Row-major: `weights[feature * n_labels + label]`.
     weights: Vec<f32>,
     bias: Vec<f32>,
     version: String,
+    temperature: f32,
+    calibration: Option<Calibration>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -74,19 +88,59 @@ pub fn tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Feature strings of a text; the vocabulary decides which of them count.
-fn features(text: &str) -> Vec<String> {
-    let words = tokens(text);
-    let mut out = Vec::with_capacity(words.len() * 8);
-    for (i, w) in words.iter().enumerate() {
-        out.push(format!("w:{w}"));
-        if let Some(next) = words.get(i + 1) {
-            out.push(format!("b:{w} {next}"));
+/// Feature families, each L2-normalised on its own so that the many character
+/// n-grams of a message do not drown its few words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum Block {
+    Words = 0,
+    Chars = 1,
+}
+
+/// FNV-1a: a stable 64-bit hash, so feature ids do not depend on the process.
+fn fnv(kind: u8, parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(kind);
+    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h ^= 0x1f;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        let chars: Vec<char> = format!("<{w}>").chars().collect();
-        for n in 3..=5 {
-            for gram in chars.windows(n) {
-                out.push(format!("c:{}", gram.iter().collect::<String>()));
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Hashed features of a text: word unigrams and bigrams, and character
+/// 1–5-grams inside each space-padded word. The vocabulary decides which count.
+fn features(text: &str) -> Vec<(u64, Block)> {
+    let words = tokens(text);
+    let mut out = Vec::with_capacity(words.len() * 24);
+    let mut padded = String::new();
+    for (i, w) in words.iter().enumerate() {
+        out.push((fnv(b'w', &[w.as_bytes()]), Block::Words));
+        if let Some(next) = words.get(i + 1) {
+            out.push((fnv(b'b', &[w.as_bytes(), next.as_bytes()]), Block::Words));
+        }
+        padded.clear();
+        padded.push(' ');
+        padded.push_str(w);
+        padded.push(' ');
+        let bounds: Vec<usize> = padded
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([padded.len()])
+            .collect();
+        let n_chars = bounds.len() - 1;
+        for n in 1..=5 {
+            for start in 0..n_chars.saturating_sub(n - 1) {
+                let gram = &padded.as_bytes()[bounds[start]..bounds[start + n]];
+                // A lone space carries nothing.
+                if gram != b" " {
+                    out.push((fnv(b'c', &[gram]), Block::Chars));
+                }
             }
         }
     }
@@ -94,8 +148,22 @@ fn features(text: &str) -> Vec<String> {
 }
 
 impl Classifier {
-    /// Trains on `(intent, text)` pairs.
+    /// Trains on `(intent, text)` pairs, calibrated on a held-out share when
+    /// there is enough data for one (at least 20 held-out examples).
     pub fn train(
+        examples: &[(String, String)],
+        options: &TrainOptions,
+    ) -> Result<Classifier, TrainError> {
+        let mut model = Classifier::train_uncalibrated(examples, options)?;
+        if let Some(calibration) = calibrate(examples, options) {
+            model.temperature = calibration.temperature;
+            model.calibration = Some(calibration);
+        }
+        Ok(model)
+    }
+
+    /// Trains without holding data out; probabilities are the raw softmax.
+    pub fn train_uncalibrated(
         examples: &[(String, String)],
         options: &TrainOptions,
     ) -> Result<Classifier, TrainError> {
@@ -115,15 +183,19 @@ impl Classifier {
             .collect();
 
         // Vocabulary and document frequencies.
-        let mut vocab: HashMap<String, u32> = HashMap::new();
+        let mut vocab: HashMap<u64, u32> = HashMap::new();
         let mut df: Vec<u32> = Vec::new();
-        let docs: Vec<Vec<String>> = examples.iter().map(|(_, t)| features(t)).collect();
+        let docs: Vec<Vec<(u64, Block)>> = examples.iter().map(|(_, t)| features(t)).collect();
+        let mut blocks: Vec<Block> = Vec::new();
         for doc in &docs {
             let mut seen: Vec<u32> = doc
                 .iter()
-                .map(|f| {
+                .map(|(f, block)| {
                     let next = vocab.len() as u32;
-                    *vocab.entry(f.clone()).or_insert(next)
+                    *vocab.entry(*f).or_insert_with(|| {
+                        blocks.push(*block);
+                        next
+                    })
                 })
                 .collect();
             seen.sort_unstable();
@@ -144,8 +216,11 @@ impl Classifier {
             bias: vec![0.0; labels.len()],
             labels,
             vocab,
+            blocks,
             idf,
             version: String::new(),
+            temperature: 1.0,
+            calibration: None,
         };
         let rows: Vec<(Vec<(u32, f32)>, usize)> = examples
             .iter()
@@ -163,18 +238,31 @@ impl Classifier {
         let mut order: Vec<usize> = (0..rows.len()).collect();
         let mut rng = SplitMix64(options.seed);
         let mut probs = vec![0.0f32; k];
+        let mut active: Vec<(usize, f32)> = Vec::with_capacity(k);
         for _ in 0..options.epochs {
-            shuffle(&mut order, &mut rng);
+            rng.shuffle(&mut order);
             for &r in &order {
                 let (x, y) = &rows[r];
                 self.scores_into(x, &mut probs);
                 softmax_in_place(&mut probs);
-                for (c, p) in probs.iter().enumerate() {
-                    let g = p - if c == *y { 1.0 } else { 0.0 };
+                // Classes the model already gets right to within 1e-4 would only
+                // receive a negligible update: skipping them is most of the speed.
+                active.clear();
+                active.extend(
+                    probs
+                        .iter()
+                        .enumerate()
+                        .map(|(c, p)| (c, p - if c == *y { 1.0 } else { 0.0 }))
+                        .filter(|(_, g)| g.abs() > 1e-4),
+                );
+                for &(c, g) in &active {
                     bias_sq[c] += g * g;
                     self.bias[c] -= options.learning_rate * g / bias_sq[c].sqrt();
-                    for &(f, v) in x {
-                        let i = f as usize * k + c;
+                }
+                for &(f, v) in x {
+                    let base = f as usize * k;
+                    for &(c, g) in &active {
+                        let i = base + c;
                         let gw = g * v + options.l2 * self.weights[i];
                         grad_sq[i] += gw * gw;
                         self.weights[i] -= options.learning_rate * gw / grad_sq[i].sqrt();
@@ -187,7 +275,7 @@ impl Classifier {
     /// Sparse TF-IDF vector (sublinear TF, L2-normalised) over known features.
     fn vectorise(&self, text: &str) -> Vec<(u32, f32)> {
         let mut counts: HashMap<u32, f32> = HashMap::new();
-        for f in features(text) {
+        for (f, _) in features(text) {
             if let Some(&id) = self.vocab.get(&f) {
                 *counts.entry(id).or_default() += 1.0;
             }
@@ -198,9 +286,13 @@ impl Classifier {
             .collect();
         // Sorted before summing: float addition order must not depend on hashing.
         v.sort_unstable_by_key(|(id, _)| *id);
-        let norm = v.iter().map(|(_, x)| x * x).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            for (_, x) in &mut v {
+        let mut norms = [0f32; 2];
+        for (id, x) in &v {
+            norms[self.blocks[*id as usize] as usize] += x * x;
+        }
+        for (id, x) in &mut v {
+            let norm = norms[self.blocks[*id as usize] as usize].sqrt();
+            if norm > 0.0 {
                 *x /= norm;
             }
         }
@@ -226,15 +318,7 @@ impl Classifier {
             Some((cut, _)) => &text[..cut],
             None => text,
         };
-        let x = self.vectorise(text);
-        let k = self.labels.len();
-        let mut probs = vec![0.0f32; k];
-        if x.is_empty() {
-            probs.fill(1.0 / k as f32);
-        } else {
-            self.scores_into(&x, &mut probs);
-            softmax_in_place(&mut probs);
-        }
+        let probs = calibration::softmax(&self.logits(text), self.temperature);
         let mut ranked: Ranked = self
             .labels
             .iter()
@@ -243,6 +327,21 @@ impl Classifier {
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         ranked
+    }
+
+    /// Raw scores per label (in `labels()` order); all zero when no feature is known.
+    pub fn logits(&self, text: &str) -> Vec<f32> {
+        let x = self.vectorise(text);
+        let mut scores = vec![0.0f32; self.labels.len()];
+        if !x.is_empty() {
+            self.scores_into(&x, &mut scores);
+        }
+        scores
+    }
+
+    /// What calibration measured at training time, if there was enough data.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
     }
 
     pub fn labels(&self) -> &[String] {
@@ -280,9 +379,20 @@ fn softmax_in_place(v: &mut [f32]) {
 }
 
 /// Small, fixed PRNG so a seed gives the same model on every platform and version.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+
     fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -292,11 +402,54 @@ impl SplitMix64 {
     }
 }
 
-fn shuffle(v: &mut [usize], rng: &mut SplitMix64) {
-    for i in (1..v.len()).rev() {
-        let j = (rng.next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
+/// Fits the temperature (and threshold) on a held-out split of `examples`.
+fn calibrate(examples: &[(String, String)], options: &TrainOptions) -> Option<Calibration> {
+    let (fit, held) = stratified_split(
+        examples,
+        options.calibration_fraction,
+        options.seed ^ 0x5eed,
+    );
+    if held.len() < 20 {
+        return None;
     }
+    let inner = Classifier::train_uncalibrated(&fit, options).ok()?;
+    let rows: Vec<(Vec<f32>, usize)> = held
+        .iter()
+        .filter_map(|(label, text)| {
+            Some((
+                inner.logits(text),
+                inner.labels.iter().position(|l| l == label)?,
+            ))
+        })
+        .collect();
+    let temperature = calibration::fit_temperature(&rows);
+    let pairs_at =
+        |t: f32| -> Vec<(f64, bool)> {
+            rows.iter()
+                .map(|(z, y)| {
+                    let p = calibration::softmax(z, t);
+                    let (best, conf) = p.iter().enumerate().fold((0, f32::MIN), |acc, (i, &v)| {
+                        if v > acc.1 { (i, v) } else { acc }
+                    });
+                    (f64::from(conf), best == *y)
+                })
+                .collect()
+        };
+    let before = pairs_at(1.0);
+    let after = pairs_at(temperature);
+    let threshold = options
+        .target_accuracy
+        .and_then(|target| calibration::threshold_for_accuracy(&after, target));
+    Some(Calibration {
+        temperature,
+        holdout_examples: rows.len(),
+        holdout_accuracy: after.iter().filter(|p| p.1).count() as f64 / after.len().max(1) as f64,
+        ece_before: super::eval::ece(before.into_iter()),
+        ece_after: super::eval::ece(after.into_iter()),
+        target_accuracy: options.target_accuracy,
+        threshold: threshold.map(|t| t.0),
+        coverage: threshold.map(|t| t.1),
+    })
 }
 
 #[cfg(test)]

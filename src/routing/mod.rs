@@ -2,7 +2,10 @@
 //! sensitivity flags it raises. The classifier only ranks intents; it never
 //! decides escalation (that is `pipeline`'s job, from declared rules).
 
+pub mod calibration;
 pub mod classifier;
+pub mod dataset;
+pub mod eval;
 pub mod screen;
 
 pub use classifier::{Classifier, Ranked};

@@ -1,0 +1,157 @@
+//! Labelled utterances from CSV files (`text,intent` or `text,category`) and
+//! the fixed-seed stratified splits used to train, calibrate and evaluate.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::classifier::SplitMix64;
+
+/// One `(intent, text)` pair per example.
+pub type Examples = Vec<(String, String)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{path}: {source}")]
+    Csv {
+        path: String,
+        #[source]
+        source: csv::Error,
+    },
+}
+
+/// Reads a CSV with a header naming a `text` column and an `intent` (or
+/// `category`, or `label`) column; other columns are ignored.
+pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
+    let shown = path.display().to_string();
+    let csv_err = |source| DatasetError::Csv {
+        path: shown.clone(),
+        source,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(csv_err)?;
+    let headers = reader.headers().map_err(csv_err)?.clone();
+    let find = |names: &[&str]| {
+        headers
+            .iter()
+            .position(|h| names.iter().any(|n| h.trim().eq_ignore_ascii_case(n)))
+    };
+    let text_col =
+        find(&["text", "utterance", "message"]).ok_or_else(|| DatasetError::Invalid {
+            path: shown.clone(),
+            message: format!(
+                "no `text` column in header {:?}",
+                headers.iter().collect::<Vec<_>>()
+            ),
+        })?;
+    let label_col =
+        find(&["intent", "category", "label"]).ok_or_else(|| DatasetError::Invalid {
+            path: shown.clone(),
+            message: format!(
+                "no `intent` or `category` column in header {:?}",
+                headers.iter().collect::<Vec<_>>()
+            ),
+        })?;
+    let mut out = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(csv_err)?;
+        let (Some(text), Some(label)) = (record.get(text_col), record.get(label_col)) else {
+            return Err(DatasetError::Invalid {
+                path: shown.clone(),
+                message: format!("row {} has too few columns", i + 2),
+            });
+        };
+        let (text, label) = (text.trim(), label.trim());
+        if text.is_empty() || label.is_empty() {
+            continue;
+        }
+        out.push((label.to_string(), text.to_string()));
+    }
+    if out.is_empty() {
+        return Err(DatasetError::Invalid {
+            path: shown,
+            message: "no labelled rows".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Splits per label so every intent keeps its share in both parts. The same
+/// seed and data always give the same split.
+pub fn stratified_split(
+    examples: &[(String, String)],
+    test_fraction: f64,
+    seed: u64,
+) -> (Examples, Examples) {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (label, _)) in examples.iter().enumerate() {
+        by_label.entry(label).or_default().push(i);
+    }
+    let mut rng = SplitMix64::new(seed);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for indices in by_label.values_mut() {
+        rng.shuffle(indices);
+        let n_test = ((indices.len() as f64) * test_fraction).round() as usize;
+        // Keep at least one training example per label.
+        let n_test = n_test.min(indices.len().saturating_sub(1));
+        for (k, &i) in indices.iter().enumerate() {
+            if k < n_test {
+                test.push(examples[i].clone());
+            } else {
+                train.push(examples[i].clone());
+            }
+        }
+    }
+    (train, test)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_stratified_and_deterministic() {
+        let data: Examples = (0..100)
+            .map(|i| {
+                (
+                    if i % 4 == 0 { "a" } else { "b" }.to_string(),
+                    format!("text {i}"),
+                )
+            })
+            .collect();
+        let (train, test) = stratified_split(&data, 0.2, 7);
+        assert_eq!(train.len() + test.len(), 100);
+        assert_eq!(test.iter().filter(|(l, _)| l == "a").count(), 5);
+        assert_eq!(test.iter().filter(|(l, _)| l == "b").count(), 15);
+        assert_eq!(stratified_split(&data, 0.2, 7).1, test);
+        assert_ne!(stratified_split(&data, 0.2, 8).1, test);
+    }
+
+    #[test]
+    fn reads_text_category_and_text_intent_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        std::fs::write(&a, "text,category\n\"hello, there\",greet\nbye,leave\n").unwrap();
+        assert_eq!(
+            read_csv(&a).unwrap()[0],
+            ("greet".to_string(), "hello, there".to_string())
+        );
+        let b = dir.path().join("b.csv");
+        std::fs::write(&b, "intent,text\ngreet,hi\n").unwrap();
+        assert_eq!(
+            read_csv(&b).unwrap(),
+            vec![("greet".to_string(), "hi".to_string())]
+        );
+        let c = dir.path().join("c.csv");
+        std::fs::write(&c, "words,label\nhi,greet\n").unwrap();
+        assert!(
+            read_csv(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("no `text` column")
+        );
+    }
+}

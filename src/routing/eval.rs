@@ -1,0 +1,229 @@
+//! How good is a router? Accuracy, macro-F1, calibration error, risk–coverage
+//! and out-of-scope detection on a labelled test set. The same numbers are
+//! kept with every trained model and printed by `sopr eval`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// The label test files use for messages no intent covers.
+pub const OUT_OF_SCOPE: &str = "oos";
+
+/// One scored test example: the true label, the predicted one and its confidence.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub label: String,
+    pub predicted: String,
+    pub confidence: f64,
+    /// Whether the router abstained (sent the message to review).
+    pub abstained: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub examples: usize,
+    /// Accuracy over in-scope examples, abstentions included as answers.
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    /// Expected calibration error (15 equal-width bins of the top probability).
+    pub ece: f64,
+    /// Coverage reachable while keeping at least this accuracy.
+    pub coverage_at_accuracy: BTreeMap<String, f64>,
+    /// Accuracy of the most confident share of the traffic.
+    pub accuracy_at_coverage: BTreeMap<String, f64>,
+    /// Share of in-scope traffic answered automatically (not abstained) and its accuracy.
+    pub auto_coverage: f64,
+    pub auto_accuracy: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_scope: Option<OutOfScope>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutOfScope {
+    pub examples: usize,
+    /// Share of `oos` rows the router abstained on.
+    pub recall: f64,
+    /// Share of abstentions that were `oos` rows.
+    pub precision: f64,
+}
+
+fn correct(s: &Scored) -> bool {
+    s.label == s.predicted
+}
+
+pub fn report(scored: &[Scored]) -> Report {
+    let in_scope: Vec<&Scored> = scored.iter().filter(|s| s.label != OUT_OF_SCOPE).collect();
+    let n = in_scope.len().max(1) as f64;
+    let accuracy = in_scope.iter().filter(|s| correct(s)).count() as f64 / n;
+
+    let mut by_conf: Vec<&Scored> = in_scope.clone();
+    by_conf.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    let mut prefix_correct = Vec::with_capacity(by_conf.len());
+    let mut running = 0usize;
+    for s in &by_conf {
+        running += usize::from(correct(s));
+        prefix_correct.push(running);
+    }
+    let mut coverage_at_accuracy = BTreeMap::new();
+    for target in [0.95, 0.98, 0.99] {
+        let best = prefix_correct
+            .iter()
+            .enumerate()
+            .filter(|(k, c)| **c as f64 / (*k + 1) as f64 >= target)
+            .map(|(k, _)| k + 1)
+            .max()
+            .unwrap_or(0);
+        coverage_at_accuracy.insert(format!("{target:.2}"), best as f64 / n);
+    }
+    let mut accuracy_at_coverage = BTreeMap::new();
+    for coverage in [0.7, 0.8, 0.9] {
+        let k = ((coverage * by_conf.len() as f64).ceil() as usize).clamp(1, by_conf.len().max(1));
+        let acc = prefix_correct
+            .get(k - 1)
+            .map_or(0.0, |c| *c as f64 / k as f64);
+        accuracy_at_coverage.insert(format!("{coverage:.2}"), acc);
+    }
+
+    let answered: Vec<&&Scored> = in_scope.iter().filter(|s| !s.abstained).collect();
+    let auto_coverage = answered.len() as f64 / n;
+    let auto_accuracy = if answered.is_empty() {
+        0.0
+    } else {
+        answered.iter().filter(|s| correct(s)).count() as f64 / answered.len() as f64
+    };
+
+    let oos: Vec<&Scored> = scored.iter().filter(|s| s.label == OUT_OF_SCOPE).collect();
+    let out_of_scope = (!oos.is_empty()).then(|| {
+        let abstained_total = scored.iter().filter(|s| s.abstained).count();
+        let caught = oos.iter().filter(|s| s.abstained).count();
+        OutOfScope {
+            examples: oos.len(),
+            recall: caught as f64 / oos.len() as f64,
+            precision: if abstained_total == 0 {
+                0.0
+            } else {
+                caught as f64 / abstained_total as f64
+            },
+        }
+    });
+
+    Report {
+        examples: scored.len(),
+        accuracy,
+        macro_f1: macro_f1(&in_scope),
+        ece: ece(in_scope.iter().map(|s| (s.confidence, correct(s)))),
+        coverage_at_accuracy,
+        accuracy_at_coverage,
+        auto_coverage,
+        auto_accuracy,
+        out_of_scope,
+    }
+}
+
+fn macro_f1(scored: &[&Scored]) -> f64 {
+    let mut tp: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut fp: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut fn_: BTreeMap<&str, f64> = BTreeMap::new();
+    for s in scored {
+        if s.label == s.predicted {
+            *tp.entry(&s.label).or_default() += 1.0;
+        } else {
+            *fp.entry(&s.predicted).or_default() += 1.0;
+            *fn_.entry(&s.label).or_default() += 1.0;
+        }
+    }
+    let labels: std::collections::BTreeSet<&str> =
+        scored.iter().map(|s| s.label.as_str()).collect();
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = labels
+        .iter()
+        .map(|l| {
+            let t = tp.get(l).copied().unwrap_or(0.0);
+            let p = t + fp.get(l).copied().unwrap_or(0.0);
+            let r = t + fn_.get(l).copied().unwrap_or(0.0);
+            if p == 0.0 || r == 0.0 || t == 0.0 {
+                0.0
+            } else {
+                let (precision, recall) = (t / p, t / r);
+                2.0 * precision * recall / (precision + recall)
+            }
+        })
+        .sum();
+    sum / labels.len() as f64
+}
+
+/// Expected calibration error over `(confidence, correct)` pairs, 15 bins.
+pub fn ece(pairs: impl Iterator<Item = (f64, bool)>) -> f64 {
+    const BINS: usize = 15;
+    let mut count = [0usize; BINS];
+    let mut conf = [0f64; BINS];
+    let mut hits = [0f64; BINS];
+    let mut total = 0usize;
+    for (c, ok) in pairs {
+        let b = ((c * BINS as f64) as usize).min(BINS - 1);
+        count[b] += 1;
+        conf[b] += c;
+        hits[b] += f64::from(u8::from(ok));
+        total += 1;
+    }
+    if total == 0 {
+        return 0.0;
+    }
+    (0..BINS)
+        .filter(|&b| count[b] > 0)
+        .map(|b| (count[b] as f64 / total as f64) * ((hits[b] - conf[b]) / count[b] as f64).abs())
+        .sum()
+}
+
+/// Nearest-rank percentile of durations in microseconds.
+pub fn percentile(sorted_us: &[f64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    sorted_us[rank.clamp(1, sorted_us.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(label: &str, predicted: &str, confidence: f64) -> Scored {
+        Scored {
+            label: label.into(),
+            predicted: predicted.into(),
+            confidence,
+            abstained: confidence < 0.5,
+        }
+    }
+
+    #[test]
+    fn metrics_on_a_small_case() {
+        let scored = vec![
+            s("a", "a", 0.9),
+            s("a", "a", 0.8),
+            s("b", "a", 0.7),
+            s("b", "b", 0.4),
+            s("oos", "a", 0.3),
+        ];
+        let r = report(&scored);
+        assert_eq!(r.accuracy, 0.75);
+        // The two most confident are right: 50% coverage at 99% accuracy.
+        assert_eq!(r.coverage_at_accuracy["0.99"], 0.5);
+        assert_eq!(r.auto_coverage, 0.75);
+        let oos = r.out_of_scope.unwrap();
+        assert_eq!((oos.examples, oos.recall, oos.precision), (1, 1.0, 0.5));
+        // F1: a = 2*(2/3*1)/(2/3+1) = 0.8, b = 2*(1*0.5)/1.5 = 0.667
+        assert!((r.macro_f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ece_is_zero_when_confidence_matches_accuracy() {
+        let pairs = (0..100).map(|i| (0.75, i % 4 != 0));
+        assert!(ece(pairs) < 1e-9);
+        let overconfident = (0..100).map(|i| (0.99, i % 2 == 0));
+        assert!((ece(overconfident) - 0.49).abs() < 1e-9);
+    }
+}
