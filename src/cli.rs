@@ -60,6 +60,17 @@ pub enum Command {
     Keys(KeysCommand),
     /// Print the effective configuration (all sources merged), with secrets masked.
     PrintConfig,
+    /// Train the router and store the model in the database.
+    ///
+    /// Trains on the active SOPs' examples, the CSV files in routing.training_data and any --data
+    /// files, calibrates on a held-out 15%, and stores the model under a version derived from the
+    /// data and options. `serve` loads the stored model whose version matches its own training
+    /// data (SOP examples + routing.training_data), so list files there to serve with them.
+    Train {
+        /// Extra labelled CSV (`text,intent` or `text,category`); repeatable
+        #[arg(long, value_name = "FILE.csv")]
+        data: Vec<PathBuf>,
+    },
     /// Train the router on one labelled CSV and measure it on another.
     ///
     /// Prints accuracy, macro-F1, calibration error (ECE), a risk–coverage table (coverage reached
@@ -170,6 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train { data } => train(config, &data).await,
         Command::Eval {
             train,
             test,
@@ -390,6 +402,72 @@ fn eval(
             }
             println!("latency           p50 {p50:.1}µs  p99 {p99:.1}µs");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let store = crate::service::connect_store(&config).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    let (sops, _) = crate::sop::SopSet::load(&config.sops.dir)?;
+    let examples = crate::service::training_examples(&config, &sops, extra)?;
+    let intents: std::collections::BTreeSet<&str> =
+        examples.iter().map(|(l, _)| l.as_str()).collect();
+    eprintln!(
+        "training on {} examples of {} intents",
+        examples.len(),
+        intents.len()
+    );
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] epoch {pos}/{len} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |phase: &str, epoch: usize, epochs: usize| match &bar {
+        Some(bar) => {
+            bar.set_message(phase.to_string());
+            bar.set_length(epochs as u64);
+            bar.set_position(epoch as u64);
+        }
+        None if epoch == epochs => eprintln!("{phase}: {epochs} epochs done"),
+        None => {}
+    };
+    let started = std::time::Instant::now();
+    let model =
+        crate::service::load_or_train_router(store.as_ref(), &config, &examples, &progress).await?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    println!("model       {}", model.version());
+    println!("intents     {}", model.labels().len());
+    println!("examples    {}", examples.len());
+    println!("time        {:.2}s", started.elapsed().as_secs_f64());
+    match model.calibration() {
+        Some(c) => {
+            println!(
+                "calibration T={:.3} on {} held-out examples: accuracy {:.4}, ECE {:.4} -> {:.4}",
+                c.temperature, c.holdout_examples, c.holdout_accuracy, c.ece_before, c.ece_after
+            );
+            if let (Some(target), Some(t), Some(cov)) = (c.target_accuracy, c.threshold, c.coverage)
+            {
+                println!(
+                    "threshold   {t:.4} reaches {target} accuracy on {:.1}% of held-out traffic",
+                    cov * 100.0
+                );
+            }
+        }
+        None => println!("calibration none (fewer than 20 held-out examples)"),
     }
     Ok(ExitCode::SUCCESS)
 }

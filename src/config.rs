@@ -66,6 +66,15 @@ pub struct RoutingConfig {
     pub default_min_confidence: f64,
     /// Seed for training; the same seed and data give the same model.
     pub seed: u64,
+    /// When set, the threshold is chosen from held-out data so that
+    /// automatically answered traffic reaches this accuracy; an SOP's own
+    /// `min_confidence` still acts as a floor.
+    pub target_accuracy: Option<f64>,
+    /// A message whose two best intents are closer than this goes to review.
+    pub min_margin: f64,
+    /// Extra labelled CSV files (`text,intent` or `text,category`) to train on,
+    /// on top of the SOP examples.
+    pub training_data: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +157,9 @@ impl Default for Config {
             routing: RoutingConfig {
                 default_min_confidence: 0.6,
                 seed: 42,
+                target_accuracy: None,
+                min_margin: 0.1,
+                training_data: Vec::new(),
             },
             escalation: EscalationConfig {
                 force_review_flags: vec![
@@ -289,6 +301,28 @@ impl Config {
                 "routing.default_min_confidence",
                 "must be between 0 and 1".into(),
             );
+        }
+        if let Some(target) = self.routing.target_accuracy
+            && !(0.5..1.0).contains(&target)
+        {
+            return invalid(
+                "routing.target_accuracy",
+                "must be at least 0.5 and below 1".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.routing.min_margin) {
+            return invalid(
+                "routing.min_margin",
+                "must be at least 0 and below 1".into(),
+            );
+        }
+        for file in &self.routing.training_data {
+            if !file.is_file() {
+                return invalid(
+                    "routing.training_data",
+                    format!("{} is not a readable file", file.display()),
+                );
+            }
         }
         for flag in &self.escalation.force_review_flags {
             if !crate::routing::screen::is_valid_flag_pattern(flag) {
@@ -444,7 +478,12 @@ fn toml_table(out: &mut String, name: &str, body: &serde_json::Value) {
         return;
     };
     for (key, v) in body.iter().filter(|(_, v)| !v.is_object()) {
-        out.push_str(&format!("{key} = {}\n", toml_value(v)));
+        if v.is_null() {
+            // TOML has no null: an unset optional key is shown commented out.
+            out.push_str(&format!("# {key} = (unset)\n"));
+        } else {
+            out.push_str(&format!("{key} = {}\n", toml_value(v)));
+        }
     }
     out.push('\n');
     for (key, v) in body.iter().filter(|(_, v)| v.is_object()) {

@@ -86,6 +86,8 @@ pub enum Reason {
     OpenReview,
     NoRoute,
     LowConfidence,
+    /// The two best intents are too close to call.
+    AmbiguousRoute,
     AlwaysReview,
     Flag(String),
     TemplateError,
@@ -97,6 +99,7 @@ impl std::fmt::Display for Reason {
             Reason::OpenReview => f.write_str("open_review"),
             Reason::NoRoute => f.write_str("no_route"),
             Reason::LowConfidence => f.write_str("low_confidence"),
+            Reason::AmbiguousRoute => f.write_str("ambiguous_route"),
             Reason::AlwaysReview => f.write_str("always_review"),
             Reason::Flag(name) => write!(f, "flag:{name}"),
             Reason::TemplateError => f.write_str("template_error"),
@@ -104,11 +107,22 @@ impl std::fmt::Display for Reason {
     }
 }
 
-/// The escalation rule. A case is answered automatically only if every reason
+/// What the router concluded about one message, as the rules need it.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSignal {
+    /// Calibrated probability of the best intent.
+    pub confidence: f64,
+    /// Best minus second-best probability.
+    pub margin: f64,
+    /// Threshold chosen for `routing.target_accuracy`, when one is configured.
+    pub auto_threshold: Option<f64>,
+}
+
+/// The escalation rule. A case is answered automatically only if the reason
 /// list is empty; nothing else in sopr may send an unreviewed reply.
 pub fn decide(
     sop: Option<&Sop>,
-    confidence: f64,
+    route: RouteSignal,
     flags: &[Flag],
     draft_ok: bool,
     config: &Config,
@@ -124,11 +138,19 @@ pub fn decide(
         return reasons;
     };
     let esc = &sop.file.escalation;
-    let threshold = esc
-        .min_confidence
-        .unwrap_or(config.routing.default_min_confidence);
-    if confidence < threshold {
+    // A target-accuracy threshold replaces the default; an SOP's own
+    // min_confidence stays a floor either way.
+    let threshold = match route.auto_threshold {
+        Some(auto) => esc.min_confidence.map_or(auto, |own| own.max(auto)),
+        None => esc
+            .min_confidence
+            .unwrap_or(config.routing.default_min_confidence),
+    };
+    if route.confidence < threshold {
         reasons.push(Reason::LowConfidence);
+    }
+    if route.margin < config.routing.min_margin {
+        reasons.push(Reason::AmbiguousRoute);
     }
     if esc.always_review {
         reasons.push(Reason::AlwaysReview);
@@ -158,6 +180,32 @@ pub struct Pipeline {
     classifier: Arc<Classifier>,
     config: Arc<Config>,
     screen: Screen,
+    auto_threshold: Option<f64>,
+}
+
+/// The threshold `routing.target_accuracy` asks for, from the model's calibration.
+/// When no threshold on the held-out data reaches the target, nothing is
+/// answered automatically (threshold above 1) rather than silently less accurate.
+fn auto_threshold(classifier: &Classifier, config: &Config) -> Option<f64> {
+    let target = config.routing.target_accuracy?;
+    match classifier.calibration() {
+        Some(c) => match c.threshold {
+            Some(t) => Some(t),
+            None => {
+                tracing::warn!(
+                    target,
+                    "no router threshold reaches routing.target_accuracy: every message goes to review"
+                );
+                Some(1.01)
+            }
+        },
+        None => {
+            tracing::warn!(
+                "too little training data to calibrate; routing.target_accuracy is ignored"
+            );
+            None
+        }
+    }
 }
 
 impl Pipeline {
@@ -186,12 +234,14 @@ impl Pipeline {
                 screen.add_sop_topics(&sop.reference(), &own.topics)?;
             }
         }
+        let auto_threshold = auto_threshold(&classifier, &config);
         Ok(Pipeline {
             store,
             sops,
             classifier,
             config,
             screen,
+            auto_threshold,
         })
     }
 
@@ -328,18 +378,25 @@ impl Pipeline {
             tracing::error!(sop = sop.as_ref().map(|s| s.reference()), error = %err, "SOP template failed to render");
         }
         let draft_text = draft.as_ref().and_then(|d| d.as_ref().ok()).cloned();
+        let signal = RouteSignal {
+            confidence,
+            margin: confidence - ranked.get(1).map_or(0.0, |r| r.1),
+            auto_threshold: self.auto_threshold,
+        };
         let mut reasons = decide(
             sop.as_deref(),
-            confidence,
+            signal,
             &flags,
             draft_text.is_some() || sop.is_none(),
             &self.config,
         );
         // Below its threshold the routed SOP is only a guess: its holding reply,
         // priority and SLA (say, "our fraud team will call") must not apply.
-        let trusted_sop = sop
-            .as_deref()
-            .filter(|_| !reasons.contains(&Reason::LowConfidence));
+        let trusted_sop = sop.as_deref().filter(|_| {
+            !reasons
+                .iter()
+                .any(|r| matches!(r, Reason::LowConfidence | Reason::AmbiguousRoute))
+        });
 
         let message_id = Uuid::now_v7();
         let decision_id = Uuid::now_v7();

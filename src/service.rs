@@ -13,7 +13,7 @@ use crate::review::ReviewService;
 use crate::routing::Classifier;
 use crate::routing::classifier::TrainOptions;
 use crate::sop::{Severity, SopSet};
-use crate::store::{self, SopVersionRecord, Store};
+use crate::store::{self, RouterModelRecord, SopVersionRecord, Store};
 
 pub struct Service {
     pub state: AppState,
@@ -37,6 +37,7 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 pub async fn build(config: Config) -> anyhow::Result<Service> {
+    config.validate()?;
     let config = Arc::new(config);
     let store = connect_store(&config).await?;
     if config.database.migrate_on_start {
@@ -54,30 +55,18 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     }
     record_sop_versions(store.as_ref(), &sops).await?;
 
-    let examples = sops.training_examples();
-    let options = TrainOptions {
-        seed: config.routing.seed,
-        ..TrainOptions::default()
-    };
-    let started = std::time::Instant::now();
-    let classifier = Classifier::train(&examples, &options)
-        .context("cannot train the router from the SOP examples")?;
-    tracing::info!(
-        model = classifier.version(),
-        intents = classifier.labels().len(),
-        examples = examples.len(),
-        ms = started.elapsed().as_millis() as u64,
-        "router trained"
-    );
+    let examples = training_examples(&config, &sops, &[])?;
+    let classifier =
+        load_or_train_router(store.as_ref(), &config, &examples, &|_, _, _| {}).await?;
 
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
     let sops = Arc::new(sops);
-    let pipeline = Arc::new(Pipeline::new(
+    let pipeline = Arc::new(Pipeline::try_new(
         store.clone(),
         sops.clone(),
         Arc::new(classifier),
         config.clone(),
-    ));
+    )?);
     let reviews = Arc::new(ReviewService::new(
         store.clone(),
         sops,
@@ -92,6 +81,81 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         },
         bootstrap_key,
     })
+}
+
+/// The router's training set: the active SOPs' examples, the CSV files in
+/// `routing.training_data`, and `extra` files (from `sopr train --data`).
+pub fn training_examples(
+    config: &Config,
+    sops: &SopSet,
+    extra: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut examples = sops.training_examples();
+    for file in config.routing.training_data.iter().chain(extra) {
+        examples.extend(crate::routing::dataset::read_csv(file)?);
+    }
+    Ok(examples)
+}
+
+pub fn train_options(config: &Config) -> TrainOptions {
+    TrainOptions {
+        seed: config.routing.seed,
+        target_accuracy: config.routing.target_accuracy,
+        ..TrainOptions::default()
+    }
+}
+
+/// Loads the stored model trained on exactly these examples and options, or
+/// trains one and stores it. Replicas starting together may each train; the
+/// first stored copy wins and all copies are identical (training is deterministic).
+pub async fn load_or_train_router(
+    store: &dyn Store,
+    config: &Config,
+    examples: &[(String, String)],
+    progress: &crate::routing::classifier::Progress<'_>,
+) -> anyhow::Result<Classifier> {
+    let options = train_options(config);
+    let version = Classifier::version_for(examples, &options);
+    if let Some(bytes) = store.router_model(&version).await? {
+        match Classifier::from_bytes(&bytes) {
+            Ok(model) => {
+                tracing::info!(
+                    model = model.version(),
+                    "router model loaded from the database"
+                );
+                return Ok(model);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "stored router model unusable; training a new one")
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let model = Classifier::train_with_progress(examples, &options, progress)
+        .context("cannot train the router")?;
+    let metrics = serde_json::json!({
+        "calibration": model.calibration(),
+        "train_ms": started.elapsed().as_millis() as u64,
+    });
+    store
+        .save_router_model(&RouterModelRecord {
+            version: model.version().to_string(),
+            examples: examples.len() as i64,
+            labels: model.labels().len() as i64,
+            metrics,
+            model: model.to_bytes(),
+        })
+        .await?;
+    tracing::info!(
+        model = model.version(),
+        intents = model.labels().len(),
+        examples = examples.len(),
+        ms = started.elapsed().as_millis() as u64,
+        temperature = model.calibration().map(|c| c.temperature),
+        holdout_ece = model.calibration().map(|c| c.ece_after),
+        "router trained and stored"
+    );
+    Ok(model)
 }
 
 /// Records every loaded version; warns when a version's text changed in place.

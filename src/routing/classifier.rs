@@ -154,8 +154,20 @@ impl Classifier {
         examples: &[(String, String)],
         options: &TrainOptions,
     ) -> Result<Classifier, TrainError> {
-        let mut model = Classifier::train_uncalibrated(examples, options)?;
-        if let Some(calibration) = calibrate(examples, options) {
+        Classifier::train_with_progress(examples, options, &|_, _, _| {})
+    }
+
+    /// Like `train`, calling `progress(phase, epoch, epochs)` after every epoch
+    /// of each phase (`calibration` then `final`).
+    pub fn train_with_progress(
+        examples: &[(String, String)],
+        options: &TrainOptions,
+        progress: &Progress<'_>,
+    ) -> Result<Classifier, TrainError> {
+        let calibration = calibrate(examples, options, &|e, n| progress("calibration", e, n));
+        let mut model =
+            Classifier::fit_examples(examples, options, &|e, n| progress("final", e, n))?;
+        if let Some(calibration) = calibration {
             model.temperature = calibration.temperature;
             model.calibration = Some(calibration);
         }
@@ -166,6 +178,14 @@ impl Classifier {
     pub fn train_uncalibrated(
         examples: &[(String, String)],
         options: &TrainOptions,
+    ) -> Result<Classifier, TrainError> {
+        Classifier::fit_examples(examples, options, &|_, _| {})
+    }
+
+    fn fit_examples(
+        examples: &[(String, String)],
+        options: &TrainOptions,
+        progress: &dyn Fn(usize, usize),
     ) -> Result<Classifier, TrainError> {
         if examples.is_empty() {
             return Err(TrainError::Empty);
@@ -226,12 +246,17 @@ impl Classifier {
             .iter()
             .map(|(label, text)| (model.vectorise(text), label_index[label.as_str()]))
             .collect();
-        model.fit(&rows, options);
-        model.version = version_of(examples, options);
+        model.fit(&rows, options, progress);
+        model.version = Classifier::version_for(examples, options);
         Ok(model)
     }
 
-    fn fit(&mut self, rows: &[(Vec<(u32, f32)>, usize)], options: &TrainOptions) {
+    fn fit(
+        &mut self,
+        rows: &[(Vec<(u32, f32)>, usize)],
+        options: &TrainOptions,
+        progress: &dyn Fn(usize, usize),
+    ) {
         let k = self.labels.len();
         let mut grad_sq = vec![1e-8f32; self.weights.len()];
         let mut bias_sq = vec![1e-8f32; k];
@@ -239,7 +264,7 @@ impl Classifier {
         let mut rng = SplitMix64(options.seed);
         let mut probs = vec![0.0f32; k];
         let mut active: Vec<(usize, f32)> = Vec::with_capacity(k);
-        for _ in 0..options.epochs {
+        for epoch in 0..options.epochs {
             rng.shuffle(&mut order);
             for &r in &order {
                 let (x, y) = &rows[r];
@@ -269,6 +294,7 @@ impl Classifier {
                     }
                 }
             }
+            progress(epoch + 1, options.epochs);
         }
     }
 
@@ -339,6 +365,12 @@ impl Classifier {
         scores
     }
 
+    /// The version a model trained on these examples with these options gets:
+    /// the key under which trained models are stored and found again.
+    pub fn version_for(examples: &[(String, String)], options: &TrainOptions) -> String {
+        version_of(examples, options)
+    }
+
     /// What calibration measured at training time, if there was enough data.
     pub fn calibration(&self) -> Option<&Calibration> {
         self.calibration.as_ref()
@@ -354,8 +386,126 @@ impl Classifier {
     }
 }
 
+/// The stored form of a trained model: a magic line, a JSON header, then the
+/// arrays in little-endian binary (a JSON array of millions of floats would be
+/// several times larger and slower to load).
+const MAGIC: &[u8; 8] = b"SOPRLR2\n";
+
+#[derive(Debug, thiserror::Error)]
+#[error("stored router model is unreadable: {0}")]
+pub struct ModelFormatError(String);
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    version: String,
+    labels: Vec<String>,
+    temperature: f32,
+    calibration: Option<Calibration>,
+    features: usize,
+}
+
+impl Classifier {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = Header {
+            version: self.version.clone(),
+            labels: self.labels.clone(),
+            temperature: self.temperature,
+            calibration: self.calibration.clone(),
+            features: self.idf.len(),
+        };
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        let n = self.idf.len();
+        let mut out = Vec::with_capacity(16 + header.len() + n * 13 + self.weights.len() * 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header);
+        let mut hashes = vec![0u64; n];
+        for (&hash, &id) in &self.vocab {
+            hashes[id as usize] = hash;
+        }
+        for h in hashes {
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        out.extend(self.blocks.iter().map(|b| *b as u8));
+        for x in self.idf.iter().chain(&self.bias).chain(&self.weights) {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Classifier, ModelFormatError> {
+        let bad = |m: &str| ModelFormatError(m.to_string());
+        let mut cursor = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| bad("not a sopr router model of this kind"))?;
+        let mut take = |len: usize| -> Result<&[u8], ModelFormatError> {
+            if cursor.len() < len {
+                return Err(bad("truncated"));
+            }
+            let (head, rest) = cursor.split_at(len);
+            cursor = rest;
+            Ok(head)
+        };
+        let header_len =
+            u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("header length"))?) as usize;
+        let header: Header =
+            serde_json::from_slice(take(header_len)?).map_err(|e| bad(&e.to_string()))?;
+        let (n, k) = (header.features, header.labels.len());
+        let hashes = take(n * 8)?;
+        let vocab: HashMap<u64, u32> = hashes
+            .chunks_exact(8)
+            .enumerate()
+            .map(|(id, c)| {
+                (
+                    u64::from_le_bytes(c.try_into().unwrap_or_default()),
+                    id as u32,
+                )
+            })
+            .collect();
+        let blocks = take(n)?
+            .iter()
+            .map(|b| match b {
+                0 => Ok(Block::Words),
+                1 => Ok(Block::Chars),
+                _ => Err(bad("unknown feature family")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut floats = |count: usize| -> Result<Vec<f32>, ModelFormatError> {
+            Ok(take(count * 4)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect())
+        };
+        let idf = floats(n)?;
+        let bias = floats(k)?;
+        let weights = floats(n * k)?;
+        if !cursor.is_empty() || vocab.len() != n || k < 2 {
+            return Err(bad("inconsistent sizes"));
+        }
+        Ok(Classifier {
+            labels: header.labels,
+            vocab,
+            blocks,
+            idf,
+            weights,
+            bias,
+            version: header.version,
+            temperature: header.temperature,
+            calibration: header.calibration,
+        })
+    }
+}
+
+/// Called with `(phase, epoch, epochs)` while training.
+pub type Progress<'a> = dyn Fn(&str, usize, usize) + 'a;
+
+/// Bumped whenever features or the model change, so stored models of an older
+/// kind are never reused.
+const MODEL_KIND: &str = "lr2";
+
 fn version_of(examples: &[(String, String)], options: &TrainOptions) -> String {
     let mut hasher = Sha256::new();
+    hasher.update(MODEL_KIND.as_bytes());
     for (label, text) in examples {
         hasher.update(label.as_bytes());
         hasher.update([0]);
@@ -363,7 +513,7 @@ fn version_of(examples: &[(String, String)], options: &TrainOptions) -> String {
         hasher.update([0]);
     }
     hasher.update(format!("{options:?}").as_bytes());
-    format!("lr1-{}", &hex::encode(hasher.finalize())[..12])
+    format!("{MODEL_KIND}-{}", &hex::encode(hasher.finalize())[..12])
 }
 
 fn softmax_in_place(v: &mut [f32]) {
@@ -403,7 +553,11 @@ impl SplitMix64 {
 }
 
 /// Fits the temperature (and threshold) on a held-out split of `examples`.
-fn calibrate(examples: &[(String, String)], options: &TrainOptions) -> Option<Calibration> {
+fn calibrate(
+    examples: &[(String, String)],
+    options: &TrainOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Option<Calibration> {
     let (fit, held) = stratified_split(
         examples,
         options.calibration_fraction,
@@ -412,7 +566,7 @@ fn calibrate(examples: &[(String, String)], options: &TrainOptions) -> Option<Ca
     if held.len() < 20 {
         return None;
     }
-    let inner = Classifier::train_uncalibrated(&fit, options).ok()?;
+    let inner = Classifier::fit_examples(&fit, options, progress).ok()?;
     let rows: Vec<(Vec<f32>, usize)> = held
         .iter()
         .filter_map(|(label, text)| {
@@ -496,6 +650,19 @@ mod tests {
         }
         let huge = "card ".repeat(100_000);
         assert_eq!(model.classify(&huge)[0].0, "card_arrival");
+    }
+
+    #[test]
+    fn a_stored_model_classifies_exactly_like_the_original() {
+        let model = Classifier::train(&data(), &TrainOptions::default()).unwrap();
+        let bytes = model.to_bytes();
+        let loaded = Classifier::from_bytes(&bytes).unwrap();
+        assert_eq!(loaded.version(), model.version());
+        for text in ["euro rate", "where is my card", "", "something else"] {
+            assert_eq!(loaded.classify(text), model.classify(text));
+        }
+        assert!(Classifier::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Classifier::from_bytes(b"nonsense").is_err());
     }
 
     #[test]

@@ -267,6 +267,16 @@ pub struct SopVersionRecord {
     pub content: String,
 }
 
+/// A trained router model and what it was trained on.
+#[derive(Debug, Clone)]
+pub struct RouterModelRecord {
+    pub version: String,
+    pub examples: i64,
+    pub labels: i64,
+    pub metrics: Value,
+    pub model: Vec<u8>,
+}
+
 /// Everything one inbound message writes, committed in one transaction.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -355,6 +365,12 @@ pub trait Store: Send + Sync + 'static {
     /// Records the loaded SOP versions; already-known (id, version, hash) rows are kept.
     async fn record_sop_versions(&self, versions: &[SopVersionRecord]) -> Result<()>;
     async fn sop_version_hashes(&self, sop_id: &str) -> Result<Vec<(i64, String)>>;
+
+    // --- router models ----------------------------------------------------
+    /// The stored model with this version, as written by `save_router_model`.
+    async fn router_model(&self, version: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores a trained model; saving a version that exists keeps the first.
+    async fn save_router_model(&self, model: &RouterModelRecord) -> Result<()>;
 
     // --- message path -----------------------------------------------------
     async fn idempotent_replay(

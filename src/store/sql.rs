@@ -229,6 +229,30 @@ macro_rules! impl_store {
                     .await?)
             }
 
+            async fn router_model(&self, version: &str) -> Result<Option<Vec<u8>>> {
+                let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT model FROM router_models WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn save_router_model(&self, m: &RouterModelRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO router_models (version, examples, labels, metrics, model, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (version) DO NOTHING",
+                )
+                .bind(&m.version)
+                .bind(m.examples)
+                .bind(m.labels)
+                .bind(json(&m.metrics))
+                .bind(&m.model)
+                .bind(Utc::now())
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn idempotent_replay(&self, tenant_id: Uuid, key: &str) -> Result<Option<IdempotentReplay>> {
                 let row: Option<(Option<String>, Option<Json<Value>>)> = sqlx::query_as(
                     "SELECT request_hash, response FROM messages WHERE tenant_id = $1 AND idempotency_key = $2",
