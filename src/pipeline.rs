@@ -553,3 +553,83 @@ fn truncate(text: &str, max_chars: usize) -> String {
         None => text.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sops() -> SopSet {
+        SopSet::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sops"))
+            .expect("demo SOPs load")
+            .0
+    }
+
+    fn signal(confidence: f64, auto_threshold: Option<f64>) -> RouteSignal {
+        RouteSignal {
+            confidence,
+            margin: confidence - 0.05,
+            auto_threshold,
+        }
+    }
+
+    #[test]
+    fn thresholds_come_from_the_sop_or_the_accuracy_target_with_the_sop_as_floor() {
+        let sops = sops();
+        let config = Config::default();
+        // exchange-rate sets min_confidence 0.6 in the demo set.
+        let sop = sops.for_intent("exchange_rate").unwrap();
+        let own = sop.file.escalation.min_confidence.unwrap();
+        let decide_at = |c, auto| decide(Some(sop), signal(c, auto), &[], true, &config);
+        assert!(decide_at(own + 0.01, None).is_empty());
+        assert_eq!(decide_at(own - 0.01, None), vec![Reason::LowConfidence]);
+        // A stricter target raises the bar…
+        assert_eq!(
+            decide_at(own + 0.01, Some(own + 0.2)),
+            vec![Reason::LowConfidence]
+        );
+        // …a laxer one never lowers it below the SOP's own floor.
+        assert_eq!(
+            decide_at(own - 0.01, Some(0.1)),
+            vec![Reason::LowConfidence]
+        );
+        // Without its own min_confidence an SOP would use the target alone.
+        assert!(decide_at(own + 0.01, Some(own)).is_empty());
+    }
+
+    #[test]
+    fn every_rule_adds_its_reason() {
+        let sops = sops();
+        let mut config = Config::default();
+        config.routing.min_margin = 0.5;
+        let sop = sops.for_intent("compromised_card").unwrap();
+        let flags = [Flag {
+            name: "pii.card_number".into(),
+            evidence: "**** 1234".into(),
+        }];
+        let reasons = decide(
+            Some(sop),
+            RouteSignal {
+                confidence: 0.3,
+                margin: 0.1,
+                auto_threshold: None,
+            },
+            &flags,
+            false,
+            &config,
+        );
+        assert_eq!(
+            reasons,
+            vec![
+                Reason::LowConfidence,
+                Reason::AmbiguousRoute,
+                Reason::AlwaysReview,
+                Reason::Flag("pii.card_number".into()),
+                Reason::TemplateError
+            ]
+        );
+        assert_eq!(
+            decide(None, signal(0.99, None), &[], true, &config),
+            vec![Reason::NoRoute]
+        );
+    }
+}

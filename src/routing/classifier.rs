@@ -55,7 +55,7 @@ pub enum TrainError {
 
 pub struct Classifier {
     labels: Vec<String>,
-    vocab: HashMap<u64, u32>,
+    vocab: Vocab,
     /// Feature family of each feature id.
     blocks: Vec<Block>,
     idf: Vec<f32>,
@@ -94,6 +94,29 @@ pub fn tokens(text: &str) -> Vec<String> {
 enum Block {
     Words = 0,
     Chars = 1,
+}
+
+/// Feature hash → feature id. Keys are already well-mixed 64-bit hashes, so the
+/// map uses them as they are instead of hashing them again.
+type Vocab = HashMap<u64, u32, std::hash::BuildHasherDefault<PassThrough>>;
+
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// FNV-1a: a stable 64-bit hash, so feature ids do not depend on the process.
@@ -203,7 +226,7 @@ impl Classifier {
             .collect();
 
         // Vocabulary and document frequencies.
-        let mut vocab: HashMap<u64, u32> = HashMap::new();
+        let mut vocab: Vocab = Vocab::default();
         let mut df: Vec<u32> = Vec::new();
         let docs: Vec<Vec<(u64, Block)>> = examples.iter().map(|(_, t)| features(t)).collect();
         let mut blocks: Vec<Block> = Vec::new();
@@ -300,18 +323,23 @@ impl Classifier {
 
     /// Sparse TF-IDF vector (sublinear TF, L2-normalised) over known features.
     fn vectorise(&self, text: &str) -> Vec<(u32, f32)> {
-        let mut counts: HashMap<u32, f32> = HashMap::new();
-        for (f, _) in features(text) {
-            if let Some(&id) = self.vocab.get(&f) {
-                *counts.entry(id).or_default() += 1.0;
+        let mut ids: Vec<u32> = features(text)
+            .into_iter()
+            .filter_map(|(f, _)| self.vocab.get(&f).copied())
+            .collect();
+        ids.sort_unstable();
+        // Sorted ids: counting is a run-length pass, and float sums below run in
+        // a fixed order.
+        let mut v: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
+        for id in ids {
+            match v.last_mut() {
+                Some((last, tf)) if *last == id => *tf += 1.0,
+                _ => v.push((id, 1.0)),
             }
         }
-        let mut v: Vec<(u32, f32)> = counts
-            .into_iter()
-            .map(|(id, tf)| (id, (1.0 + tf.ln()) * self.idf[id as usize]))
-            .collect();
-        // Sorted before summing: float addition order must not depend on hashing.
-        v.sort_unstable_by_key(|(id, _)| *id);
+        for (id, x) in &mut v {
+            *x = (1.0 + x.ln()) * self.idf[*id as usize];
+        }
         let mut norms = [0f32; 2];
         for (id, x) in &v {
             norms[self.blocks[*id as usize] as usize] += x * x;
@@ -452,7 +480,7 @@ impl Classifier {
             serde_json::from_slice(take(header_len)?).map_err(|e| bad(&e.to_string()))?;
         let (n, k) = (header.features, header.labels.len());
         let hashes = take(n * 8)?;
-        let vocab: HashMap<u64, u32> = hashes
+        let vocab: Vocab = hashes
             .chunks_exact(8)
             .enumerate()
             .map(|(id, c)| {

@@ -1,0 +1,146 @@
+//! The router on real data: Banking77 (read from ../shared/datasets, never
+//! copied here), calibration, stored models, and the abstention rules.
+
+mod support;
+
+use std::path::PathBuf;
+
+use sopr::routing::Classifier;
+use sopr::routing::classifier::TrainOptions;
+use sopr::routing::dataset::{read_csv, stratified_split};
+use sopr::routing::eval::{Scored, report};
+
+fn banking77() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/banking77/train.csv");
+    assert!(
+        path.is_file(),
+        "Banking77 is expected at {} (the shared datasets folder beside the checkout)",
+        path.display()
+    );
+    path
+}
+
+/// The split and model `sopr eval --data …/train.csv --holdout 0.2` uses.
+#[test]
+fn banking77_accuracy_and_calibration_stay_above_their_floors() {
+    let all = read_csv(&banking77()).unwrap();
+    assert!(all.len() > 10_000);
+    let (train, test) = stratified_split(&all, 0.2, 42);
+    let options = TrainOptions {
+        target_accuracy: Some(0.99),
+        ..TrainOptions::default()
+    };
+    let model = Classifier::train(&train, &options).unwrap();
+    let calibration = model
+        .calibration()
+        .expect("enough data to calibrate")
+        .clone();
+    let threshold = calibration
+        .threshold
+        .expect("a threshold reaches 99% on held-out data");
+    let scored: Vec<Scored> = test
+        .iter()
+        .map(|(label, text)| {
+            let (predicted, confidence) = model.classify(text)[0].clone();
+            Scored {
+                label: label.clone(),
+                predicted,
+                confidence,
+                abstained: confidence < threshold,
+            }
+        })
+        .collect();
+    let r = report(&scored);
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    // Floors a little under what this model measures (0.901 accuracy, 0.018 ECE,
+    // 0.62 coverage at 99%), so a regression fails here.
+    assert!(r.accuracy >= 0.895, "accuracy {}", r.accuracy);
+    assert!(r.macro_f1 >= 0.89, "macro-F1 {}", r.macro_f1);
+    assert!(r.ece <= 0.03, "ECE {}", r.ece);
+    assert!(
+        r.coverage_at_accuracy["0.99"] >= 0.55,
+        "coverage at 99%: {:?}",
+        r.coverage_at_accuracy
+    );
+    // The threshold chosen on held-out data keeps its promise on unseen data (within noise).
+    assert!(
+        r.auto_accuracy >= 0.975,
+        "auto-answered accuracy {}",
+        r.auto_accuracy
+    );
+    assert!(calibration.ece_after <= calibration.ece_before + 1e-9);
+}
+
+#[test]
+fn the_router_survives_hostile_input() {
+    let all = read_csv(&banking77()).unwrap();
+    let (train, _) = stratified_split(&all, 0.5, 1);
+    let model = Classifier::train_uncalibrated(
+        &train,
+        &TrainOptions {
+            epochs: 3,
+            ..TrainOptions::default()
+        },
+    )
+    .unwrap();
+    let huge = "my card ".repeat(12_500); // 100 KB
+    for text in [
+        "",
+        "   ",
+        "🙂🙂🙂🙂",
+        "0123456789",
+        "кредитная карта 卡 بطاقة",
+        huge.as_str(),
+        "\u{0}\u{200b}\u{feff}",
+    ] {
+        let ranked = model.classify(text);
+        assert_eq!(ranked.len(), model.labels().len());
+        let total: f64 = ranked.iter().map(|r| r.1).sum();
+        assert!((total - 1.0).abs() < 1e-3, "{total}");
+        assert!(ranked.iter().all(|r| r.1.is_finite()));
+    }
+}
+
+#[tokio::test]
+async fn serve_reuses_the_stored_model_for_the_same_training_data() {
+    for db in support::databases().await {
+        let config = support::test_config(db.url());
+        let first = sopr::service::build(config.clone()).await.unwrap();
+        let version = first.state.pipeline.classifier().version().to_string();
+        let stored = first
+            .state
+            .store
+            .router_model(&version)
+            .await
+            .unwrap()
+            .expect("model stored");
+        let loaded = Classifier::from_bytes(&stored).unwrap();
+        assert_eq!(loaded.version(), version, "{}", db.label());
+        let second = sopr::service::build(config).await.unwrap();
+        assert_eq!(second.state.pipeline.classifier().version(), version);
+        let text = "my card has not arrived";
+        assert_eq!(
+            second.state.pipeline.classifier().classify(text),
+            first.state.pipeline.classifier().classify(text)
+        );
+    }
+}
+
+#[tokio::test]
+async fn intents_too_close_to_call_go_to_review() {
+    // A margin no route can have: every message is ambiguous.
+    let app =
+        support::spawn_app_on(support::TestDb::sqlite(), |c| c.routing.min_margin = 0.999).await;
+    let out = app
+        .message("c", "what is the exchange rate for dollars")
+        .await;
+    assert_eq!(out["outcome"], "queued", "{out}");
+    assert!(
+        out["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("ambiguous_route")),
+        "{out}"
+    );
+}
