@@ -22,11 +22,6 @@ request = function()
   return wrk.format(nil, "/v1/messages", nil, body)
 end
 
-local statuses = {}
-response = function(status)
-  statuses[status] = (statuses[status] or 0) + 1
-end
-
 done = function(summary, latency)
   io.write(string.format("requests=%d  errors(non-2xx/socket)=%d/%d\n", summary.requests,
     summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))

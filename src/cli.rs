@@ -38,8 +38,8 @@ pub enum Command {
     /// Run the HTTP service: message API, review API, health checks.
     ///
     /// Applies migrations (unless database.migrate_on_start = false), loads and validates the SOPs,
-    /// trains the router from their examples, and on an empty database creates the demo tenant and
-    /// prints its API key once.
+    /// loads the stored router model for the current training data (or trains and stores one), and
+    /// on an empty database creates the demo tenant and prints its API key once.
     Serve {
         /// Address to listen on, e.g. 0.0.0.0:8080 [default: server.listen]
         #[arg(long, value_name = "ADDR:PORT")]
@@ -444,12 +444,20 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
         None => {}
     };
     let started = std::time::Instant::now();
-    let model =
+    let (model, trained) =
         crate::service::load_or_train_router(store.as_ref(), &config, &examples, &progress).await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    println!("model       {}", model.version());
+    println!(
+        "model       {} ({})",
+        model.version(),
+        if trained {
+            "trained and stored"
+        } else {
+            "already stored for this data; reused"
+        }
+    );
     println!("intents     {}", model.labels().len());
     println!("examples    {}", examples.len());
     println!("time        {:.2}s", started.elapsed().as_secs_f64());
@@ -459,6 +467,11 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
                 "calibration T={:.3} on {} held-out examples: accuracy {:.4}, ECE {:.4} -> {:.4}",
                 c.temperature, c.holdout_examples, c.holdout_accuracy, c.ece_before, c.ece_after
             );
+            if let (Some(target), None) = (c.target_accuracy, c.threshold) {
+                println!(
+                    "threshold   none reaches {target} accuracy on held-out data: serve would send every message to review"
+                );
+            }
             if let (Some(target), Some(t), Some(cov)) = (c.target_accuracy, c.threshold, c.coverage)
             {
                 println!(

@@ -56,7 +56,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     record_sop_versions(store.as_ref(), &sops).await?;
 
     let examples = training_examples(&config, &sops, &[])?;
-    let classifier =
+    let (classifier, _) =
         load_or_train_router(store.as_ref(), &config, &examples, &|_, _, _| {}).await?;
 
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
@@ -113,7 +113,7 @@ pub async fn load_or_train_router(
     config: &Config,
     examples: &[(String, String)],
     progress: &crate::routing::classifier::Progress<'_>,
-) -> anyhow::Result<Classifier> {
+) -> anyhow::Result<(Classifier, bool)> {
     let options = train_options(config);
     let version = Classifier::version_for(examples, &options);
     if let Some(bytes) = store.router_model(&version).await? {
@@ -123,7 +123,7 @@ pub async fn load_or_train_router(
                     model = model.version(),
                     "router model loaded from the database"
                 );
-                return Ok(model);
+                return Ok((model, false));
             }
             Err(err) => {
                 tracing::warn!(error = %err, "stored router model unusable; training a new one")
@@ -155,7 +155,7 @@ pub async fn load_or_train_router(
         holdout_ece = model.calibration().map(|c| c.ece_after),
         "router trained and stored"
     );
-    Ok(model)
+    Ok((model, true))
 }
 
 /// Records every loaded version; warns when a version's text changed in place.
