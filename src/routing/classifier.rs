@@ -163,21 +163,21 @@ fn features(text: &str) -> Vec<(u64, Block)> {
     }
     // Character n-grams run over whitespace-separated chunks, punctuation
     // included: "card?" and "card." are different requests.
-    let chunks: Vec<String> = normalised
-        .split_whitespace()
-        .map(|w| w.chars().take(40).collect())
-        .collect();
+    // Buffers reused across chunks: this runs for every message routed.
     let mut padded = String::new();
-    for w in &chunks {
+    let mut bounds: Vec<usize> = Vec::new();
+    for w in normalised.split_whitespace() {
+        let w = match w.char_indices().nth(40) {
+            Some((cut, _)) => &w[..cut],
+            None => w,
+        };
         padded.clear();
         padded.push(' ');
         padded.push_str(w);
         padded.push(' ');
-        let bounds: Vec<usize> = padded
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain([padded.len()])
-            .collect();
+        bounds.clear();
+        bounds.extend(padded.char_indices().map(|(i, _)| i));
+        bounds.push(padded.len());
         let n_chars = bounds.len() - 1;
         for n in 1..=5 {
             for start in 0..n_chars.saturating_sub(n - 1) {
