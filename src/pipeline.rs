@@ -209,20 +209,8 @@ fn auto_threshold(classifier: &Classifier, config: &Config) -> Option<f64> {
 }
 
 impl Pipeline {
-    /// Like [`Pipeline::try_new`], for a config that passed `Config::validate`
-    /// and SOPs that passed the lint: both compile the same topic lists.
-    pub fn new(
-        store: Arc<dyn Store>,
-        sops: Arc<SopSet>,
-        classifier: Arc<Classifier>,
-        config: Arc<Config>,
-    ) -> Pipeline {
-        Pipeline::try_new(store, sops, classifier, config)
-            .expect("Config::validate and the SOP lint compile these topic lists first")
-    }
-
     /// Compiles the screen once: the config's topics and each SOP version's own.
-    pub fn try_new(
+    pub fn new(
         store: Arc<dyn Store>,
         sops: Arc<SopSet>,
         classifier: Arc<Classifier>,

@@ -61,7 +61,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
 
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
     let sops = Arc::new(sops);
-    let pipeline = Arc::new(Pipeline::try_new(
+    let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         sops.clone(),
         Arc::new(classifier),

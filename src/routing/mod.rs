@@ -9,4 +9,4 @@ pub mod eval;
 pub mod screen;
 
 pub use classifier::{Classifier, Ranked};
-pub use screen::{Flag, screen};
+pub use screen::{Flag, Screen};
