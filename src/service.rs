@@ -105,6 +105,9 @@ pub fn train_options(config: &Config) -> TrainOptions {
     }
 }
 
+/// How many stored router models survive pruning.
+const KEEP_ROUTER_MODELS: i64 = 5;
+
 /// Loads the stored model trained on exactly these examples and options, or
 /// trains one and stores it. Replicas starting together may each train; the
 /// first stored copy wins and all copies are identical (training is deterministic).
@@ -146,6 +149,12 @@ pub async fn load_or_train_router(
             model: model.to_bytes(),
         })
         .await?;
+    // Models are large (megabytes); keep a few recent ones so a rollback of the
+    // SOPs or data finds its model again, and drop the rest.
+    let pruned = store.prune_router_models(KEEP_ROUTER_MODELS).await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "older router models deleted");
+    }
     tracing::info!(
         model = model.version(),
         intents = model.labels().len(),

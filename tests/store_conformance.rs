@@ -155,6 +155,44 @@ async fn tenants_and_api_keys() {
 }
 
 #[tokio::test]
+async fn router_models_are_stored_by_version_and_pruned_oldest_first() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        for i in 0..4u8 {
+            let record = RouterModelRecord {
+                version: format!("v{i}"),
+                examples: 10,
+                labels: 2,
+                metrics: json!({ "i": i }),
+                model: vec![i; 1000],
+            };
+            store.save_router_model(&record).await.unwrap();
+            // The same version again keeps the first copy.
+            store
+                .save_router_model(&RouterModelRecord {
+                    model: vec![9],
+                    ..record
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            store.router_model("v2").await.unwrap(),
+            Some(vec![2u8; 1000]),
+            "{}",
+            db.label()
+        );
+        assert!(store.router_model("nope").await.unwrap().is_none());
+        assert_eq!(store.prune_router_models(2).await.unwrap(), 2);
+        assert!(store.router_model("v0").await.unwrap().is_none());
+        assert!(store.router_model("v1").await.unwrap().is_none());
+        assert!(store.router_model("v3").await.unwrap().is_some());
+        assert_eq!(store.prune_router_models(2).await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
 async fn sop_versions_are_recorded_once_per_hash() {
     for db in databases().await {
         let store = store_for(&db).await;

@@ -371,6 +371,8 @@ pub trait Store: Send + Sync + 'static {
     async fn router_model(&self, version: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a trained model; saving a version that exists keeps the first.
     async fn save_router_model(&self, model: &RouterModelRecord) -> Result<()>;
+    /// Deletes all but the `keep` most recently stored models; returns how many went.
+    async fn prune_router_models(&self, keep: i64) -> Result<u64>;
 
     // --- message path -----------------------------------------------------
     async fn idempotent_replay(

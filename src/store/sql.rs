@@ -253,6 +253,17 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn prune_router_models(&self, keep: i64) -> Result<u64> {
+                Ok(sqlx::query(
+                    "DELETE FROM router_models WHERE version NOT IN \
+                     (SELECT version FROM router_models ORDER BY created_at DESC, version LIMIT $1)",
+                )
+                .bind(keep)
+                .execute(&self.pool)
+                .await?
+                .rows_affected())
+            }
+
             async fn idempotent_replay(&self, tenant_id: Uuid, key: &str) -> Result<Option<IdempotentReplay>> {
                 let row: Option<(Option<String>, Option<Json<Value>>)> = sqlx::query_as(
                     "SELECT request_hash, response FROM messages WHERE tenant_id = $1 AND idempotency_key = $2",
