@@ -297,95 +297,47 @@ async fn every_input_error_is_a_problem_naming_the_field() {
         415,
     )
     .await;
-    // Missing fields, named with their path.
-    let body = problem(
-        app.post("/v1/messages", &json!({ "customer": { "id": "c" } }))
-            .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "text");
-    let body = problem(
-        app.post("/v1/messages", &json!({ "customer": {}, "text": "hi" }))
-            .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "customer.id");
-    // Wrong types and empty values.
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": "c" }, "text": 5 }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "text");
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": "c" }, "text": "   " }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "text");
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": " " }, "text": "hi" }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "customer.id");
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": "c" }, "text": "hi", "conversation_id": "nope" }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "conversation_id");
-    // A misspelt field is refused rather than silently ignored.
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": "c" }, "text": "hi", "conversationId": "x" }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "conversationId");
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": "c" }, "text": "hi", "metadata": [1] }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "metadata");
-    // Text longer than messages.max_text_chars.
+    // Each refused body names the field at fault, with its path.
     let long = "a".repeat(app.config.messages.max_text_chars + 1);
-    let body = problem(
-        app.post(
-            "/v1/messages",
-            &json!({ "customer": { "id": "c" }, "text": long }),
-        )
-        .await,
-        422,
-    )
-    .await;
-    assert_eq!(body["errors"][0]["field"], "text");
+    let cases = [
+        // Missing fields.
+        (json!({ "customer": { "id": "c" } }), "text"),
+        (json!({ "customer": {}, "text": "hi" }), "customer.id"),
+        // Wrong types and empty values.
+        (json!({ "customer": { "id": "c" }, "text": 5 }), "text"),
+        (json!({ "customer": { "id": "c" }, "text": "   " }), "text"),
+        (
+            json!({ "customer": { "id": " " }, "text": "hi" }),
+            "customer.id",
+        ),
+        (
+            json!({ "customer": { "id": "c" }, "text": "hi", "conversation_id": "nope" }),
+            "conversation_id",
+        ),
+        // A misspelt field is refused rather than silently ignored.
+        (
+            json!({ "customer": { "id": "c" }, "text": "hi", "conversationId": "x" }),
+            "conversationId",
+        ),
+        (
+            json!({ "customer": { "id": "c" }, "text": "hi", "metadata": [1] }),
+            "metadata",
+        ),
+        (
+            json!({ "customer": { "id": "c", "email": "not-an-address" }, "text": "hi" }),
+            "customer.email",
+        ),
+        // Text longer than messages.max_text_chars.
+        (json!({ "customer": { "id": "c" }, "text": long }), "text"),
+    ];
+    for (body, field) in cases {
+        let problem = problem(app.post("/v1/messages", &body).await, 422).await;
+        assert_eq!(problem["errors"][0]["field"], field, "{body}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(field),
+            "{problem}"
+        );
+    }
     // Body larger than server.max_body_bytes.
     let huge = "a".repeat(app.config.server.max_body_bytes + 10);
     problem(
