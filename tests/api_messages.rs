@@ -30,14 +30,7 @@ async fn a_clear_routine_question_is_answered_from_its_sop() {
     assert_eq!(out["flags"], json!([]));
 
     // Persisted: the conversation holds the customer's message then the bot reply.
-    let conv = app
-        .get(&format!(
-            "/v1/conversations/{}",
-            out["conversation_id"].as_str().unwrap()
-        ))
-        .await;
-    assert_eq!(conv.status(), 200);
-    let conv: Value = conv.json().await.unwrap();
+    let conv = app.conversation(&out["conversation_id"]).await;
     let roles: Vec<&str> = conv["messages"]
         .as_array()
         .unwrap()

@@ -114,15 +114,7 @@ async fn a_reviewer_claims_edits_and_the_customer_gets_the_reply() {
     assert_eq!(resolved["final_reply"], reply);
 
     // The customer's conversation carries the reviewer's reply.
-    let conv: Value = app
-        .get(&format!(
-            "/v1/conversations/{}",
-            case["conversation_id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let conv = app.conversation(&case["conversation_id"]).await;
     let last = conv["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["role"], "reviewer");
     assert_eq!(last["body"], reply);
@@ -200,15 +192,7 @@ async fn approve_sends_the_draft_and_reject_sends_nothing() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let conv: Value = app
-        .get(&format!(
-            "/v1/conversations/{}",
-            a["conversation_id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let conv = app.conversation(&a["conversation_id"]).await;
     assert_eq!(
         conv["messages"].as_array().unwrap().last().unwrap()["body"],
         draft
@@ -222,15 +206,7 @@ async fn approve_sends_the_draft_and_reject_sends_nothing() {
     assert_eq!(problem(r, 422).await["errors"][0]["field"], "reason");
     let r = app.post(&path, &json!({ "reviewer": "carol", "action": "reject", "reason": "duplicate of another case" })).await;
     assert_eq!(r.status(), 200);
-    let conv: Value = app
-        .get(&format!(
-            "/v1/conversations/{}",
-            b["conversation_id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let conv = app.conversation(&b["conversation_id"]).await;
     assert_ne!(
         conv["messages"].as_array().unwrap().last().unwrap()["role"],
         "reviewer"

@@ -201,6 +201,14 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The conversation `id` (a JSON string, as the API returns it) with its messages.
+    pub async fn conversation(&self, id: &Value) -> Value {
+        let id = id.as_str().expect("conversation id is a string");
+        let response = self.get(&format!("/v1/conversations/{id}")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json body")
+    }
+
     /// Posts a customer message and returns the JSON outcome (asserting 201).
     pub async fn message(&self, customer: &str, text: &str) -> Value {
         self.message_in(None, customer, text).await
