@@ -27,6 +27,7 @@ pub struct Config {
     pub review: ReviewConfig,
     pub bootstrap: BootstrapConfig,
     pub log: LogConfig,
+    pub llm: LlmConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +134,141 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// LLM mode. Off while `providers` is empty: agents then draft from their
+/// templates only and sopr makes no network call. With providers, an SOP that
+/// has a `response.llm` block drafts with a model; everything else is unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// Time budget of one customer message, from arrival to its decision, in
+    /// milliseconds. Every LLM step gets what is left of it.
+    pub deadline_ms: u64,
+    /// Part of the deadline kept for what follows the LLM (persisting the
+    /// decision), in milliseconds.
+    pub reserve_ms: u64,
+    /// Most tokens the model may write per call.
+    pub max_output_tokens: u32,
+    pub temperature: f32,
+    /// Earlier messages of the conversation given to the model.
+    pub history_messages: usize,
+    /// Named OpenAI-compatible endpoints (`[[llm.providers]]`).
+    pub providers: Vec<ProviderConfig>,
+    /// Default strategy; an SOP's `response.llm.strategy` overrides it.
+    pub strategy: StrategyConfig,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub classifier: LlmClassifierConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name used by strategies, metrics and decision records.
+    pub name: String,
+    /// API root, e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable that holds the API key. The key itself
+    /// never goes in a file. Unset for local servers that need none.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Most calls in flight to this provider at once.
+    #[serde(default = "default_provider_concurrency")]
+    pub max_concurrency: usize,
+    /// Longest one call may take, in milliseconds (the message deadline may cut it shorter).
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Price per 1,000 prompt tokens, in your currency, for cost accounting.
+    #[serde(default)]
+    pub price_input_per_1k: f64,
+    /// Price per 1,000 completion tokens.
+    #[serde(default)]
+    pub price_output_per_1k: f64,
+    /// How JSON output is requested: `json_schema` (structured outputs),
+    /// `json_object` (JSON mode) or `none` (prompt only). The reply is
+    /// validated against the schema whatever the mode.
+    #[serde(default)]
+    pub output_mode: OutputMode,
+}
+
+fn default_provider_concurrency() -> usize {
+    16
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputMode {
+    #[default]
+    JsonSchema,
+    JsonObject,
+    None,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StrategyConfig {
+    /// `fallback`: providers in order, the next one only when one fails;
+    /// `race`: all at once, first valid answer wins, the others are cancelled;
+    /// `hedge`: the next provider is asked only when the first has not
+    /// answered after `hedge_delay_ms`.
+    pub mode: StrategyMode,
+    /// Provider names in order of preference; empty means every provider in
+    /// the order of `[[llm.providers]]`.
+    pub providers: Vec<String>,
+    /// Hedge delay in milliseconds. Unset: the first provider's observed p95
+    /// latency (500 ms until it has answered 20 times).
+    pub hedge_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyMode {
+    #[default]
+    Fallback,
+    Race,
+    Hedge,
+}
+
+/// Retries of transient failures (connection errors, timeouts, 429, 5xx) on one provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per provider, the first included.
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubled each time, with full jitter.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open a provider's circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit refuses calls before one trial call is let through.
+    pub open_secs: u64,
+}
+
+/// The LLM as a second opinion for the router's ambiguous band. Off by default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmClassifierConfig {
+    pub enabled: bool,
+    /// Messages whose router confidence lies in `[band_low, band_high)` are
+    /// shown to the model with the `top_k` candidate intents. When it picks
+    /// one, that choice routes the message and counts as confident; flags and
+    /// SOP rules still apply. Outside the band the router alone decides.
+    pub band_low: f64,
+    pub band_high: f64,
+    pub top_k: usize,
+    /// Strategy for classification calls; unset uses `[llm.strategy]`.
+    pub strategy: Option<StrategyConfig>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -192,15 +328,40 @@ impl Default for Config {
                 level: "info".into(),
                 format: LogFormat::Pretty,
             },
+            llm: LlmConfig {
+                deadline_ms: 8_000,
+                reserve_ms: 250,
+                max_output_tokens: 600,
+                temperature: 0.2,
+                history_messages: 10,
+                providers: Vec::new(),
+                strategy: StrategyConfig::default(),
+                retry: RetryConfig {
+                    max_attempts: 3,
+                    initial_backoff_ms: 100,
+                    max_backoff_ms: 2_000,
+                },
+                breaker: BreakerConfig {
+                    failure_threshold: 5,
+                    open_secs: 30,
+                },
+                classifier: LlmClassifierConfig {
+                    enabled: false,
+                    band_low: 0.3,
+                    band_high: 0.6,
+                    top_k: 5,
+                    strategy: None,
+                },
+            },
         }
     }
 }
 
 macro_rules! impl_default_from_config {
-    ($($ty:ident => $field:ident),* $(,)?) => {
+    ($($ty:ident => $($field:ident).+),* $(,)?) => {
         $(impl Default for $ty {
             fn default() -> Self {
-                Config::default().$field
+                Config::default().$($field).+
             }
         })*
     };
@@ -217,6 +378,10 @@ impl_default_from_config!(
     ReviewConfig => review,
     BootstrapConfig => bootstrap,
     LogConfig => log,
+    LlmConfig => llm,
+    RetryConfig => llm.retry,
+    BreakerConfig => llm.breaker,
+    LlmClassifierConfig => llm.classifier,
 );
 
 /// A setting that cannot work, with the key that holds it.
@@ -358,7 +523,7 @@ impl Config {
                 format!("`{}` is not a valid log filter", self.log.level),
             );
         }
-        Ok(())
+        self.llm.validate()
     }
 
     /// The database URL with any password replaced by `***`.
@@ -369,6 +534,132 @@ impl Config {
     /// The effective configuration as TOML, secrets masked.
     pub fn to_masked_toml(&self) -> String {
         toml_string(self)
+    }
+}
+
+impl LlmConfig {
+    pub fn enabled(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if self.deadline_ms < 100 {
+            return invalid("llm.deadline_ms".into(), "must be at least 100".into());
+        }
+        if self.reserve_ms >= self.deadline_ms {
+            return invalid(
+                "llm.reserve_ms".into(),
+                "must be smaller than llm.deadline_ms".into(),
+            );
+        }
+        if self.max_output_tokens == 0 {
+            return invalid("llm.max_output_tokens".into(), "must be positive".into());
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return invalid("llm.temperature".into(), "must be between 0 and 2".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let key = |field: &str| format!("llm.providers[{i}].{field}");
+            if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
+                return invalid(
+                    key("name"),
+                    format!("`{}` must be non-empty and unique", p.name),
+                );
+            }
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return invalid(
+                    key("base_url"),
+                    format!("`{}` must be an http:// or https:// URL", p.base_url),
+                );
+            }
+            if p.model.trim().is_empty() {
+                return invalid(key("model"), "must not be empty".into());
+            }
+            if let Some(var) = &p.api_key_env
+                && std::env::var(var).map_or(true, |v| v.trim().is_empty())
+            {
+                return invalid(
+                    key("api_key_env"),
+                    format!("environment variable `{var}` is not set"),
+                );
+            }
+            if p.max_concurrency == 0 {
+                return invalid(key("max_concurrency"), "must be positive".into());
+            }
+            if p.timeout_ms == 0 {
+                return invalid(key("timeout_ms"), "must be positive".into());
+            }
+            if p.price_input_per_1k < 0.0 || p.price_output_per_1k < 0.0 {
+                return invalid(
+                    key("price_input_per_1k"),
+                    "prices must not be negative".into(),
+                );
+            }
+        }
+        self.check_strategy("llm.strategy", &self.strategy)?;
+        if let Some(strategy) = &self.classifier.strategy {
+            self.check_strategy("llm.classifier.strategy", strategy)?;
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid("llm.retry.max_attempts".into(), "must be at least 1".into());
+        }
+        if self.retry.max_backoff_ms < self.retry.initial_backoff_ms {
+            return invalid(
+                "llm.retry.max_backoff_ms".into(),
+                "must be at least llm.retry.initial_backoff_ms".into(),
+            );
+        }
+        if self.breaker.failure_threshold == 0 {
+            return invalid(
+                "llm.breaker.failure_threshold".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let c = &self.classifier;
+        if !(0.0 <= c.band_low && c.band_low < c.band_high && c.band_high <= 1.0) {
+            return invalid(
+                "llm.classifier.band_low".into(),
+                "the band must satisfy 0 <= band_low < band_high <= 1".into(),
+            );
+        }
+        if c.top_k < 2 {
+            return invalid("llm.classifier.top_k".into(), "must be at least 2".into());
+        }
+        if c.enabled && !self.enabled() {
+            return invalid(
+                "llm.classifier.enabled".into(),
+                "needs at least one [[llm.providers]] entry".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks a strategy's provider names; `key` is where it was configured.
+    pub fn check_strategy(&self, key: &str, strategy: &StrategyConfig) -> Result<(), ConfigError> {
+        let invalid = |message: String| {
+            Err(ConfigError::Invalid {
+                key: format!("{key}.providers"),
+                message,
+            })
+        };
+        for name in &strategy.providers {
+            if !self.providers.iter().any(|p| &p.name == name) {
+                return invalid(format!("no provider named `{name}` in [[llm.providers]]"));
+            }
+        }
+        let count = if strategy.providers.is_empty() {
+            self.providers.len()
+        } else {
+            strategy.providers.len()
+        };
+        if self.enabled() && strategy.mode != StrategyMode::Fallback && count < 2 {
+            return invalid(
+                format!("`{:?}` needs at least two providers", strategy.mode).to_lowercase(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -387,6 +678,7 @@ const SECTIONS: &[&str] = &[
     "review",
     "bootstrap",
     "log",
+    "llm",
 ];
 
 fn env_provider() -> Env {
@@ -477,7 +769,15 @@ fn toml_table(out: &mut String, name: &str, body: &serde_json::Value) {
         out.push('\n');
         return;
     };
-    for (key, v) in body.iter().filter(|(_, v)| !v.is_object()) {
+    let is_table = |v: &serde_json::Value| v.is_object();
+    let is_table_array = |v: &serde_json::Value| {
+        v.as_array()
+            .is_some_and(|items| !items.is_empty() && items.iter().all(is_table))
+    };
+    for (key, v) in body
+        .iter()
+        .filter(|(_, v)| !is_table(v) && !is_table_array(v))
+    {
         if v.is_null() {
             // TOML has no null: an unset optional key is shown commented out.
             out.push_str(&format!("# {key} = (unset)\n"));
@@ -486,8 +786,16 @@ fn toml_table(out: &mut String, name: &str, body: &serde_json::Value) {
         }
     }
     out.push('\n');
-    for (key, v) in body.iter().filter(|(_, v)| v.is_object()) {
+    for (key, v) in body.iter().filter(|(_, v)| is_table(v)) {
         toml_table(out, &format!("{name}.{key}"), v);
+    }
+    for (key, items) in body.iter().filter(|(_, v)| is_table_array(v)) {
+        for item in items.as_array().into_iter().flatten() {
+            // `[[a.b]]` then the entry's keys; entries here have no nested tables.
+            let mut entry = String::new();
+            toml_table(&mut entry, &format!("{name}.{key}"), item);
+            out.push_str(&format!("[{}", entry.replacen('\n', "]\n", 1)));
+        }
     }
 }
 
@@ -571,6 +879,72 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn the_example_file_loads_and_documents_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("sopr.example.toml");
+        figment::Jail::expect_with(|_| {
+            let loaded =
+                Config::load(Some(&example), &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                serde_json::to_value(&loaded).unwrap(),
+                serde_json::to_value(Config::default()).unwrap()
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn llm_settings_name_the_key_at_fault() {
+        let provider = ProviderConfig {
+            name: "a".into(),
+            base_url: "http://127.0.0.1:1/v1".into(),
+            model: "m".into(),
+            api_key_env: None,
+            max_concurrency: 4,
+            timeout_ms: 1000,
+            price_input_per_1k: 0.0,
+            price_output_per_1k: 0.0,
+            output_mode: OutputMode::JsonSchema,
+        };
+        type Breaks = Box<dyn Fn(&mut LlmConfig)>;
+        let cases: Vec<(&str, Breaks)> = vec![
+            (
+                "llm.providers[1].name",
+                Box::new(|c| c.providers.push(c.providers[0].clone())),
+            ),
+            (
+                "llm.providers[0].base_url",
+                Box::new(|c| c.providers[0].base_url = "localhost:8000".into()),
+            ),
+            (
+                "llm.providers[0].api_key_env",
+                Box::new(|c| c.providers[0].api_key_env = Some("SOPR_TEST_NO_SUCH_KEY".into())),
+            ),
+            (
+                "llm.strategy.providers",
+                Box::new(|c| c.strategy.providers = vec!["nope".into()]),
+            ),
+            (
+                "llm.strategy.providers",
+                Box::new(|c| c.strategy.mode = StrategyMode::Race),
+            ),
+            ("llm.reserve_ms", Box::new(|c| c.reserve_ms = c.deadline_ms)),
+            (
+                "llm.classifier.band_low",
+                Box::new(|c| c.classifier.band_low = 0.9),
+            ),
+        ];
+        for (key, breaks) in cases {
+            let mut config = Config::default();
+            config.llm.providers = vec![provider.clone()];
+            config.validate().unwrap();
+            breaks(&mut config.llm);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod llm;
 pub mod pipeline;
 pub mod review;
 pub mod routing;

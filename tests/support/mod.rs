@@ -3,6 +3,8 @@
 //! (each test gets its own throw-away database, dropped afterwards).
 #![allow(dead_code)]
 
+pub mod llm_server;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -245,4 +247,19 @@ pub async fn problem(response: reqwest::Response, status: u16) -> Value {
     let body: Value = response.json().await.expect("problem body");
     assert_eq!(body["status"], status);
     body
+}
+
+/// A provider entry pointing at a local test server.
+pub fn llm_provider(server: &llm_server::LlmServer) -> sopr::config::ProviderConfig {
+    sopr::config::ProviderConfig {
+        name: server.name.clone(),
+        base_url: server.base_url.clone(),
+        model: format!("{}-model", server.name),
+        api_key_env: None,
+        max_concurrency: 16,
+        timeout_ms: 2_000,
+        price_input_per_1k: 0.001,
+        price_output_per_1k: 0.002,
+        output_mode: sopr::config::OutputMode::JsonSchema,
+    }
 }
