@@ -12,8 +12,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::agent::{self, ConversationView, CustomerView, DraftContext, MessageView};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::agent::{
+    self, ConversationView, CustomerView, DraftContext, HistoryItem, LlmAgent, LlmDraft,
+    MessageView,
+};
 use crate::config::Config;
+use crate::llm::{Ledger, Llm};
 use crate::routing::screen::{self, Screen, TopicError, flag_matches};
 use crate::routing::{Classifier, Flag};
 use crate::sop::{Priority, Sop, SopSet};
@@ -47,6 +53,8 @@ pub struct Customer {
 pub struct Outcome {
     pub conversation_id: Uuid,
     pub message_id: Uuid,
+    /// The decision record (route, flags, reasons, LLM calls) for this message.
+    pub decision_id: Uuid,
     /// `answered` or `queued`.
     pub outcome: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +87,15 @@ pub enum PipelineError {
     Store(#[from] StoreError),
 }
 
+/// Why a pipeline could not be built from its config and SOPs.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("LLM mode: {0}")]
+    Llm(String),
+}
+
 /// Why a case needs a person. Rendered as `low_confidence`, `flag:pii.email`, …
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
@@ -91,6 +108,13 @@ pub enum Reason {
     AlwaysReview,
     Flag(String),
     TemplateError,
+    /// The model asked for a person (`escalate: true`).
+    ModelEscalated,
+    /// The model's answer failed the SOP's output schema, also after one repair.
+    SchemaFailure,
+    LlmRefused,
+    /// No LLM provider answered in time; the template draft waits for a reviewer.
+    LlmUnavailable,
 }
 
 impl std::fmt::Display for Reason {
@@ -103,6 +127,10 @@ impl std::fmt::Display for Reason {
             Reason::AlwaysReview => f.write_str("always_review"),
             Reason::Flag(name) => write!(f, "flag:{name}"),
             Reason::TemplateError => f.write_str("template_error"),
+            Reason::ModelEscalated => f.write_str("model_escalated"),
+            Reason::SchemaFailure => f.write_str("schema_failure"),
+            Reason::LlmRefused => f.write_str("llm_refused"),
+            Reason::LlmUnavailable => f.write_str("llm_unavailable"),
         }
     }
 }
@@ -116,6 +144,9 @@ pub struct RouteSignal {
     pub margin: f64,
     /// Threshold chosen for `routing.target_accuracy`, when one is configured.
     pub auto_threshold: Option<f64>,
+    /// The LLM classifier chose this route for a message in the ambiguous
+    /// band (`llm.classifier`): confidence and margin rules are met by that choice.
+    pub confirmed: bool,
 }
 
 /// The escalation rule. A case is answered automatically only if the reason
@@ -146,10 +177,10 @@ pub fn decide(
             .min_confidence
             .unwrap_or(config.routing.default_min_confidence),
     };
-    if route.confidence < threshold {
+    if route.confidence < threshold && !route.confirmed {
         reasons.push(Reason::LowConfidence);
     }
-    if route.margin < config.routing.min_margin {
+    if route.margin < config.routing.min_margin && !route.confirmed {
         reasons.push(Reason::AmbiguousRoute);
     }
     if esc.always_review {
@@ -164,6 +195,20 @@ pub fn decide(
         reasons.push(Reason::TemplateError);
     }
     reasons
+}
+
+/// What the model's draft adds to the reasons. A model can ask for review
+/// or fail; it can never remove a reason.
+pub fn model_reasons(draft: &LlmDraft) -> Option<Reason> {
+    match draft {
+        LlmDraft::Reply {
+            escalate: false, ..
+        } => None,
+        LlmDraft::Reply { escalate: true, .. } => Some(Reason::ModelEscalated),
+        LlmDraft::SchemaFailure { .. } => Some(Reason::SchemaFailure),
+        LlmDraft::Refused => Some(Reason::LlmRefused),
+        LlmDraft::Unavailable { .. } => Some(Reason::LlmUnavailable),
+    }
 }
 
 fn forced_flags(flags: &[Flag], global: &[String], sop: &[String]) -> Vec<Reason> {
@@ -181,6 +226,8 @@ pub struct Pipeline {
     config: Arc<Config>,
     screen: Screen,
     auto_threshold: Option<f64>,
+    /// LLM mode; `None` drafts from templates only.
+    llm: Option<LlmAgent>,
 }
 
 /// The threshold `routing.target_accuracy` asks for, from the model's calibration.
@@ -215,7 +262,8 @@ impl Pipeline {
         sops: Arc<SopSet>,
         classifier: Arc<Classifier>,
         config: Arc<Config>,
-    ) -> Result<Pipeline, TopicError> {
+        llm: Option<Arc<Llm>>,
+    ) -> Result<Pipeline, BuildError> {
         let mut screen = Screen::from_config(&config.screen)?;
         for sop in &sops.versions {
             if let Some(own) = &sop.file.screen {
@@ -223,6 +271,10 @@ impl Pipeline {
             }
         }
         let auto_threshold = auto_threshold(&classifier, &config);
+        let llm = llm
+            .map(|llm| LlmAgent::new(llm, &sops))
+            .transpose()
+            .map_err(BuildError::Llm)?;
         Ok(Pipeline {
             store,
             sops,
@@ -230,6 +282,7 @@ impl Pipeline {
             config,
             screen,
             auto_threshold,
+            llm,
         })
     }
 
@@ -248,6 +301,23 @@ impl Pipeline {
         tenant: &Tenant,
         inbound: &Inbound,
     ) -> Result<(Outcome, bool), PipelineError> {
+        self.handle_streaming(tenant, inbound, None).await
+    }
+
+    /// Whether an LLM drafts this message's reply, so that streaming it makes sense.
+    pub fn streams(&self) -> bool {
+        self.llm.is_some()
+    }
+
+    /// As [`Pipeline::handle`]; with `deltas`, an LLM reply is also sent piece
+    /// by piece as it is written. The returned outcome is what counts: a
+    /// streamed reply may still end in review (say, invalid output).
+    pub async fn handle_streaming(
+        &self,
+        tenant: &Tenant,
+        inbound: &Inbound,
+        deltas: Option<&UnboundedSender<String>>,
+    ) -> Result<(Outcome, bool), PipelineError> {
         if let Some(replay) = self.replay(tenant, inbound).await? {
             return Ok((replay, true));
         }
@@ -256,7 +326,7 @@ impl Pipeline {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.process(tenant, inbound).await {
+            match self.process(tenant, inbound, deltas).await {
                 Err(PipelineError::Store(StoreError::Conflict(name)))
                     if name == "messages_idempotency" =>
                 {
@@ -295,8 +365,17 @@ impl Pipeline {
             .map_err(|e| PipelineError::Store(StoreError::Other(e.into())))
     }
 
-    async fn process(&self, tenant: &Tenant, inbound: &Inbound) -> Result<Outcome, PipelineError> {
+    async fn process(
+        &self,
+        tenant: &Tenant,
+        inbound: &Inbound,
+        deltas: Option<&UnboundedSender<String>>,
+    ) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
+        let llm_settings = &self.config.llm;
+        let deadline = tokio::time::Instant::from_std(started)
+            + std::time::Duration::from_millis(llm_settings.deadline_ms - llm_settings.reserve_ms);
+        let ledger = Ledger::default();
         let now = Utc::now();
         let existing = match inbound.conversation_id {
             Some(id) => {
@@ -322,13 +401,51 @@ impl Pipeline {
             None => None,
         };
 
+        let history: Vec<HistoryItem> = match &existing {
+            Some(c) => self
+                .store
+                .conversation_messages(tenant.id, c.id)
+                .await?
+                .into_iter()
+                .map(|m| HistoryItem {
+                    role: m.role,
+                    body: m.body,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+
         let t_screen = Instant::now();
         let mut flags = self.screen.screen(&inbound.text);
         let mut screen_us = t_screen.elapsed().as_micros() as u64;
         let t_route = Instant::now();
         let ranked = self.classifier.classify(&inbound.text);
         let route_us = t_route.elapsed().as_micros() as u64;
-        let (intent, confidence) = ranked.first().cloned().unwrap_or_default();
+        let (mut intent, mut confidence) = ranked.first().cloned().unwrap_or_default();
+        let mut margin = confidence - ranked.get(1).map_or(0.0, |r| r.1);
+        let confirmed = match self
+            .second_opinion(
+                confidence,
+                &ranked,
+                inbound,
+                open_review.is_some(),
+                deadline,
+                &ledger,
+            )
+            .await
+        {
+            Some(choice) => {
+                // Record the chosen intent with the router's own probability for it.
+                confidence = ranked
+                    .iter()
+                    .find(|(i, _)| *i == choice)
+                    .map_or(0.0, |r| r.1);
+                margin = 0.0;
+                intent = choice;
+                true
+            }
+            None => false,
+        };
         let sop = self.sops.for_intent(&intent).cloned();
         // A SOP's own topics apply to the messages routed to it, whatever the
         // confidence: a guessed route is reviewed anyway, and the flag helps.
@@ -356,7 +473,9 @@ impl Pipeline {
             intent: &intent,
             confidence,
             flags: flag_names.clone(),
+            history: &history,
         };
+        let mut llm_us = 0;
         let t_draft = Instant::now();
         let draft = sop
             .as_deref()
@@ -368,8 +487,9 @@ impl Pipeline {
         let draft_text = draft.as_ref().and_then(|d| d.as_ref().ok()).cloned();
         let signal = RouteSignal {
             confidence,
-            margin: confidence - ranked.get(1).map_or(0.0, |r| r.1),
+            margin,
             auto_threshold: self.auto_threshold,
+            confirmed,
         };
         let mut reasons = decide(
             sop.as_deref(),
@@ -385,6 +505,27 @@ impl Pipeline {
                 .iter()
                 .any(|r| matches!(r, Reason::LowConfidence | Reason::AmbiguousRoute))
         });
+
+        // LLM mode drafts only what the rules would send: a case that goes to
+        // a person anyway keeps the template draft and costs no model call.
+        let mut llm_draft = None;
+        let mut draft_text = draft_text;
+        if let (Some(agent), Some(sop)) = (&self.llm, trusted_sop)
+            && reasons.is_empty()
+            && open_review.is_none()
+            && agent.handles(sop)
+        {
+            let t_llm = Instant::now();
+            let result = agent
+                .draft(&self.sops, sop, &context, deadline, &ledger, deltas)
+                .await;
+            llm_us = t_llm.elapsed().as_micros() as u64;
+            reasons.extend(model_reasons(&result));
+            if let LlmDraft::Reply { text, .. } = &result {
+                draft_text = Some(text.clone());
+            }
+            llm_draft = Some(result);
+        }
 
         let message_id = Uuid::now_v7();
         let decision_id = Uuid::now_v7();
@@ -429,6 +570,7 @@ impl Pipeline {
         let response = Outcome {
             conversation_id,
             message_id,
+            decision_id,
             outcome: outcome.into(),
             reply: reply_text.clone(),
             review_id,
@@ -459,8 +601,10 @@ impl Pipeline {
                 "screen_us": screen_us,
                 "route_us": route_us,
                 "draft_us": draft_us,
+                "llm_us": llm_us,
                 "total_us": started.elapsed().as_micros() as u64,
             })),
+            llm: llm_record(confirmed, llm_draft.as_ref(), &ledger).map(sqlx::types::Json),
             created_at: now,
         };
         let new_conversation = existing.is_none().then(|| Conversation {
@@ -502,6 +646,7 @@ impl Pipeline {
             review,
         };
         self.store.record_exchange(&exchange).await?;
+        metrics::counter!("sopr_messages_total", "outcome" => outcome).increment(1);
         tracing::info!(
             tenant = %tenant.name,
             conversation = %conversation_id,
@@ -515,6 +660,28 @@ impl Pipeline {
             "message decided"
         );
         Ok(response)
+    }
+
+    /// The LLM classifier's choice for a message in the ambiguous band, if
+    /// it is enabled and picks one of the router's top candidates.
+    async fn second_opinion(
+        &self,
+        confidence: f64,
+        ranked: &[(String, f64)],
+        inbound: &Inbound,
+        joins_review: bool,
+        deadline: tokio::time::Instant,
+        ledger: &Ledger,
+    ) -> Option<String> {
+        let agent = self.llm.as_ref()?;
+        let band = &self.config.llm.classifier;
+        if !band.enabled || joins_review || !(band.band_low..band.band_high).contains(&confidence) {
+            return None;
+        }
+        let candidates = &ranked[..band.top_k.min(ranked.len())];
+        agent
+            .classify(&self.sops, &inbound.text, candidates, deadline, ledger)
+            .await
     }
 
     fn holding_reply(&self, sop: Option<&Sop>, context: &DraftContext<'_>) -> String {
@@ -533,6 +700,27 @@ impl Pipeline {
                 "Thanks for your message. A member of our team will reply here shortly.".into()
             })
     }
+}
+
+/// The decision's `llm` record: which path routed and drafted, and the calls.
+fn llm_record(confirmed: bool, draft: Option<&LlmDraft>, ledger: &Ledger) -> Option<Value> {
+    if ledger.is_empty() && draft.is_none() {
+        return None;
+    }
+    let mut record = ledger.summary();
+    record["route"] = json!(if confirmed { "llm" } else { "router" });
+    record["draft"] = json!(match draft {
+        Some(LlmDraft::Reply { .. }) => "llm",
+        _ => "template",
+    });
+    match draft {
+        Some(LlmDraft::Reply { provider, .. }) => record["provider"] = json!(provider),
+        Some(LlmDraft::SchemaFailure { error } | LlmDraft::Unavailable { error }) => {
+            record["error"] = json!(error)
+        }
+        _ => {}
+    }
+    Some(record)
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
@@ -557,6 +745,7 @@ mod tests {
             confidence,
             margin: confidence - 0.05,
             auto_threshold,
+            confirmed: false,
         }
     }
 
@@ -600,6 +789,7 @@ mod tests {
                 confidence: 0.3,
                 margin: 0.1,
                 auto_threshold: None,
+                confirmed: false,
             },
             &flags,
             false,

@@ -38,6 +38,8 @@ pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 pub async fn build(config: Config) -> anyhow::Result<Service> {
     config.validate()?;
+    crate::telemetry::metrics();
+    crate::llm::install_crypto_provider();
     let config = Arc::new(config);
     let store = connect_store(&config).await?;
     if config.database.migrate_on_start {
@@ -59,6 +61,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     let (classifier, _) =
         load_or_train_router(store.as_ref(), &config, &examples, &|_, _, _| {}).await?;
 
+    let llm = build_llm(&config, &sops)?;
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
     let sops = Arc::new(sops);
     let pipeline = Arc::new(Pipeline::new(
@@ -66,6 +69,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         sops.clone(),
         Arc::new(classifier),
         config.clone(),
+        llm,
     )?);
     let reviews = Arc::new(ReviewService::new(
         store.clone(),
@@ -81,6 +85,48 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         },
         bootstrap_key,
     })
+}
+
+/// The LLM layer, when providers are configured. Checks that every SOP's own
+/// strategy names configured providers, and says when SOPs ask for LLM mode
+/// that is not configured.
+fn build_llm(config: &Config, sops: &SopSet) -> anyhow::Result<Option<Arc<crate::llm::Llm>>> {
+    let with_llm: Vec<_> = sops
+        .active()
+        .filter(|s| s.file.response.llm.is_some())
+        .collect();
+    let Some(llm) =
+        crate::llm::Llm::from_config(&config.llm).context("cannot build the LLM clients")?
+    else {
+        if !with_llm.is_empty() {
+            tracing::info!(
+                sops = with_llm.len(),
+                "SOPs have an LLM block but no [[llm.providers]] is configured: template mode"
+            );
+        }
+        return Ok(None);
+    };
+    for sop in &sops.versions {
+        if let Some(strategy) = sop
+            .file
+            .response
+            .llm
+            .as_ref()
+            .and_then(|l| l.strategy.as_ref())
+        {
+            config
+                .llm
+                .check_strategy("response.llm.strategy", strategy)
+                .with_context(|| format!("in {}", sop.path.display()))?;
+        }
+    }
+    tracing::info!(
+        providers = ?config.llm.providers.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        strategy = ?config.llm.strategy.mode,
+        sops = with_llm.len(),
+        "LLM mode on"
+    );
+    Ok(Some(Arc::new(llm)))
 }
 
 /// The router's training set: the active SOPs' examples, the CSV files in

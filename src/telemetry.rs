@@ -1,5 +1,6 @@
-//! Logging. Everything goes to stderr so commands that print a result on
-//! stdout (`keys create`) stay pipeable.
+//! Logging and metrics. Logs go to stderr so commands that print a result on
+//! stdout (`keys create`) stay pipeable; metrics are served at `/metrics` in
+//! the Prometheus text format.
 
 use std::io::IsTerminal;
 
@@ -22,4 +23,18 @@ pub fn init(config: &LogConfig) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Tests build
+/// several services in one process; they share it.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed; ours then stays unused but valid.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
 }

@@ -43,6 +43,7 @@ fn decision(conversation_id: Uuid, message_id: Uuid, outcome: &str) -> Decision 
         reasons: sqlx::types::Json(json!(["low_confidence"])),
         draft: Some("draft reply".into()),
         timings: sqlx::types::Json(json!({})),
+        llm: None,
         created_at: Utc::now(),
     }
 }

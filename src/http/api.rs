@@ -1,7 +1,18 @@
 //! The chat-frontend API: post a customer message, read a conversation.
+//!
+//! A client that sends `Accept: text/event-stream` gets the answer as
+//! server-sent events: `delta` events with pieces of an LLM reply as it is
+//! written (`{"text": …}`), then one `outcome` event with the same body the
+//! JSON call returns — or one `error` event with a problem+json body. The
+//! `outcome` is authoritative: a streamed reply can still end in review (for
+//! example when the model's output fails its schema), and then `outcome` says
+//! `queued` and carries the holding reply to show instead. Closing the stream
+//! cancels the work, as closing a JSON request does; nothing is stored then,
+//! and a retry with the same `Idempotency-Key` starts afresh.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -113,6 +124,13 @@ async fn post_message(
         idempotency_key,
         request_hash,
     };
+    let wants_stream = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        return Ok(stream_message(state, tenant, inbound));
+    }
     let (outcome, replayed) = state.pipeline.handle(&tenant, &inbound).await?;
     let status = if replayed {
         StatusCode::OK
@@ -154,4 +172,76 @@ async fn get_conversation(
         "messages": messages,
         "open_review_id": open_review.map(|r| r.id),
     })))
+}
+
+/// What the streaming task sends to the SSE response.
+enum StreamItem {
+    Delta(String),
+    Done(Box<Result<(crate::pipeline::Outcome, bool), ApiError>>),
+}
+
+/// Aborts the message's task when the SSE response is dropped (client gone).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn stream_message(state: AppState, tenant: crate::store::Tenant, inbound: Inbound) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<StreamItem>();
+    let (delta_tx, mut delta_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let forward = tx.clone();
+    let task = tokio::spawn(async move {
+        let work = state
+            .pipeline
+            .handle_streaming(&tenant, &inbound, Some(&delta_tx));
+        tokio::pin!(work);
+        // Forward deltas while the pipeline runs; then what is left, then the outcome.
+        let result = loop {
+            tokio::select! {
+                biased;
+                Some(text) = delta_rx.recv() => {
+                    let _ = forward.send(StreamItem::Delta(text));
+                }
+                result = &mut work => break result,
+            }
+        };
+        while let Ok(text) = delta_rx.try_recv() {
+            let _ = forward.send(StreamItem::Delta(text));
+        }
+        let _ = forward.send(StreamItem::Done(Box::new(result.map_err(ApiError::from))));
+    });
+    drop(tx);
+    let guard = AbortOnDrop(task);
+    let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let event = match rx.recv().await? {
+            StreamItem::Delta(text) => Event::default()
+                .event("delta")
+                .json_data(json!({ "text": text })),
+            StreamItem::Done(done) => match *done {
+                Ok((outcome, replayed)) => {
+                    let mut body = serde_json::to_value(&outcome).unwrap_or_default();
+                    body["replayed"] = json!(replayed);
+                    Event::default().event("outcome").json_data(body)
+                }
+                Err(err) => {
+                    let response = err.into_response();
+                    let status = response.status().as_u16();
+                    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                        .await
+                        .unwrap_or_default();
+                    let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    body["status"] = json!(status);
+                    Event::default().event("error").json_data(body)
+                }
+            },
+        };
+        let event = event.unwrap_or_else(|_| Event::default().event("error").data("{}"));
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, guard)))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(reviews::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -107,6 +108,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
             )
         }
     }
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::metrics().render(),
+    )
+        .into_response()
 }
 
 async fn not_found() -> error::ApiError {

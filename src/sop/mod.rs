@@ -70,6 +70,25 @@ pub struct Escalation {
 pub struct LlmResponse {
     pub system: String,
     pub output_schema: Option<Value>,
+    /// Overrides `[llm.strategy]` for this SOP.
+    pub strategy: Option<crate::config::StrategyConfig>,
+}
+
+impl LlmResponse {
+    /// The schema the model's answer must satisfy: the SOP's own, or a reply
+    /// with an optional request to escalate.
+    pub fn schema(&self) -> Value {
+        self.output_schema.clone().unwrap_or_else(|| {
+            serde_json::json!({
+                "type": "object",
+                "required": ["reply"],
+                "properties": {
+                    "reply": { "type": "string", "minLength": 1 },
+                    "escalate": { "type": "boolean" }
+                }
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -304,6 +323,21 @@ impl SopSet {
             .render(&sop.template_name("reply"), context)
             .map(|s| s.trim().to_string())
             .map_err(|e| tera_error_chain(&e))
+    }
+
+    /// The SOP's LLM system prompt, if it has an LLM block.
+    pub fn render_llm_system(
+        &self,
+        sop: &Sop,
+        context: &tera::Context,
+    ) -> Option<Result<String, String>> {
+        sop.file.response.llm.as_ref()?;
+        Some(
+            self.tera
+                .render(&sop.template_name("llm-system"), context)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| tera_error_chain(&e)),
+        )
     }
 
     /// The SOP's own holding reply, if it has one.
@@ -630,14 +664,22 @@ fn cross_check(sops: &[Sop], agents: &[Agent], diags: &mut Vec<Diagnostic>) {
             .llm
             .as_ref()
             .and_then(|l| l.output_schema.as_ref())
-            && let Err(err) = jsonschema::validator_for(schema)
         {
-            push(
-                Severity::Error,
-                sop,
-                "/response/llm/output_schema",
-                format!("not a valid JSON Schema: {err}"),
-            );
+            if let Err(err) = jsonschema::validator_for(schema) {
+                push(
+                    Severity::Error,
+                    sop,
+                    "/response/llm/output_schema",
+                    format!("not a valid JSON Schema: {err}"),
+                );
+            } else if !requires_reply_string(schema) {
+                push(
+                    Severity::Error,
+                    sop,
+                    "/response/llm/output_schema",
+                    "must require a `reply` property of type string: it is what the customer receives".into(),
+                );
+            }
         }
         if let Some(own) = &f.screen
             && let Err(err) = crate::routing::screen::Topics::compile(&own.topics)
@@ -745,6 +787,14 @@ fn compile_templates(sops: &[Sop], tera: &mut tera::Tera, diags: &mut Vec<Diagno
             }
         }
     }
+}
+
+/// An object schema that lists `reply` in `required` with `type: string`.
+fn requires_reply_string(schema: &Value) -> bool {
+    let required = schema["required"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|v| v == "reply"));
+    required && schema["properties"]["reply"]["type"] == "string"
 }
 
 /// Tera reports parse errors as `--> line:col`.

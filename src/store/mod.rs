@@ -174,6 +174,8 @@ pub struct Decision {
     pub reasons: sqlx::types::Json<Value>,
     pub draft: Option<String>,
     pub timings: sqlx::types::Json<Value>,
+    /// Calls to language models and which path routed and drafted; `None` when none was asked.
+    pub llm: Option<sqlx::types::Json<Value>>,
     pub created_at: DateTime<Utc>,
 }
 

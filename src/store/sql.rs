@@ -333,8 +333,8 @@ macro_rules! impl_store {
                 let d = &ex.decision;
                 sqlx::query(
                     "INSERT INTO decisions (id, tenant_id, conversation_id, message_id, intent, confidence, top_intents, flags, sop_ref, \
-                     model_version, outcome, reasons, draft, timings, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                     model_version, outcome, reasons, draft, timings, llm, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 )
                 .bind(d.id)
                 .bind(ex.tenant_id)
@@ -350,6 +350,7 @@ macro_rules! impl_store {
                 .bind(&d.reasons)
                 .bind(&d.draft)
                 .bind(&d.timings)
+                .bind(&d.llm)
                 .bind(d.created_at)
                 .execute(&mut *tx)
                 .await
@@ -418,7 +419,7 @@ macro_rules! impl_store {
             async fn decision(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<Decision>> {
                 Ok(sqlx::query_as::<_, Decision>(
                     "SELECT id, conversation_id, message_id, intent, confidence, top_intents, flags, sop_ref, model_version, outcome, \
-                     reasons, draft, timings, created_at FROM decisions WHERE tenant_id = $1 AND id = $2",
+                     reasons, draft, timings, llm, created_at FROM decisions WHERE tenant_id = $1 AND id = $2",
                 )
                 .bind(tenant_id)
                 .bind(id)
