@@ -667,6 +667,25 @@ async fn the_llm_classifier_decides_the_ambiguous_band_and_is_recorded() {
 }
 
 #[tokio::test]
+async fn a_client_that_hangs_up_cancels_the_model_call() {
+    let a = LlmServer::start("a").await;
+    a.set_default(Behaviour::slow(Duration::from_secs(3)));
+    let app = app_with(&[&a], |_| {}).await;
+    let gave_up = app
+        .client
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&app.key)
+        .timeout(Duration::from_millis(400))
+        .json(&json!({ "customer": { "id": "cust-15" }, "text": CARD_DELIVERY }))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let call = &a.seen()[0];
+    assert!(call.cancelled && !call.answered, "{call:?}");
+}
+
+#[tokio::test]
 async fn without_providers_nothing_calls_a_model() {
     let a = LlmServer::start("a").await;
     let app = spawn_app_on(TestDb::sqlite(), |_| {}).await;

@@ -229,3 +229,23 @@ fn serve_refuses_to_start_on_a_broken_folder() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown agent `treasury`"));
 }
+
+#[test]
+fn an_output_schema_without_a_reply_string_is_refused() {
+    let dir = broken(|d| {
+        replace_in(
+            d,
+            "card-delivery.v1.yaml",
+            "      required: [reply]",
+            "      required: [answer]",
+        )
+    });
+    let (ok, text) = check(dir.path());
+    assert!(!ok);
+    assert!(
+        text.contains("card-delivery.v1.yaml:")
+            && text.contains("/response/llm/output_schema")
+            && text.contains("`reply`"),
+        "{text}"
+    );
+}

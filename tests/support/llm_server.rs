@@ -87,6 +87,9 @@ pub struct Seen {
     /// The client closed the connection before the answer was sent.
     pub cancelled: bool,
     pub answered: bool,
+    /// When the answer started going out: `answered_at - received` is the
+    /// server's own share of a call's latency.
+    pub answered_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -161,6 +164,7 @@ impl LlmServer {
                     received: Instant::now(),
                     cancelled: false,
                     answered: false,
+                    answered_at: None,
                 });
                 seen.len() - 1
             };
@@ -187,7 +191,9 @@ impl LlmServer {
     }
 
     fn answered(&self, index: usize) {
-        self.state.seen.lock().unwrap()[index].answered = true;
+        let mut seen = self.state.seen.lock().unwrap();
+        seen[index].answered = true;
+        seen[index].answered_at = Some(Instant::now());
     }
 
     async fn respond(&self, stream: &mut TcpStream, body: &Value, index: usize) -> bool {
