@@ -53,13 +53,13 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
         .collect();
     let r = report(&scored);
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
-    // Floors a little under what this model measures (0.905 accuracy and
-    // macro-F1, 0.013 ECE, 0.60 coverage at 99%), so a regression fails here.
-    assert!(r.accuracy >= 0.898, "accuracy {}", r.accuracy);
-    assert!(r.macro_f1 >= 0.895, "macro-F1 {}", r.macro_f1);
+    // Floors a little under what this model measures (0.919 accuracy, 0.917
+    // macro-F1, 0.022 ECE, 0.64 coverage at 99%), so a regression fails here.
+    assert!(r.accuracy >= 0.912, "accuracy {}", r.accuracy);
+    assert!(r.macro_f1 >= 0.910, "macro-F1 {}", r.macro_f1);
     assert!(r.ece <= 0.03, "ECE {}", r.ece);
     assert!(
-        r.coverage_at_accuracy["0.99"] >= 0.55,
+        r.coverage_at_accuracy["0.99"] >= 0.60,
         "coverage at 99%: {:?}",
         r.coverage_at_accuracy
     );
@@ -129,9 +129,12 @@ async fn serve_reuses_the_stored_model_for_the_same_training_data() {
 
 #[tokio::test]
 async fn intents_too_close_to_call_go_to_review() {
-    // A margin no route can have: every message is ambiguous.
-    let app =
-        support::spawn_app_on(support::TestDb::sqlite(), |c| c.routing.min_margin = 0.999).await;
+    // A margin no route can have (a near-copy of a training example gets
+    // 0.9998 from the demo model): every message is ambiguous.
+    let app = support::spawn_app_on(support::TestDb::sqlite(), |c| {
+        c.routing.min_margin = 0.999_999
+    })
+    .await;
     let out = app
         .message("c", "what is the exchange rate for dollars")
         .await;
