@@ -100,7 +100,11 @@ timeout_ms = 10000
             .args(args)
             .output()
             .expect("run sopr");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     run(&["migrate"]);
@@ -118,7 +122,10 @@ timeout_ms = 10000
     let client = reqwest::Client::new();
     let started = Instant::now();
     while client.get(format!("{base}/readyz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(120), "sopr did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "sopr did not start"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Sopr {
@@ -149,7 +156,10 @@ async fn send(client: &reqwest::Client, sopr: &Sopr, n: usize) -> Option<Sample>
     (value["outcome"] == "answered").then(|| Sample {
         name,
         latency,
-        decision: value["decision_id"].as_str().unwrap_or_default().to_string(),
+        decision: value["decision_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     })
 }
 
@@ -175,11 +185,15 @@ fn line(label: &str, mut values: Vec<f64>) {
 /// server's record of its call (by customer name in the prompt) and to the
 /// decision's stored timings.
 async fn report(title: &str, samples: &[Sample], model: &LlmServer, sopr: &Sopr, wall: Duration) {
-    let store = sopr::store::connect(&sopr.db_url, 2).await.expect("open bench database");
+    let store = sopr::store::connect(&sopr.db_url, 2)
+        .await
+        .expect("open bench database");
     let (tenant, _) = store.ensure_tenant("bench").await.expect("tenant");
     let mut model_ms: HashMap<String, f64> = HashMap::new();
     for seen in model.seen() {
-        let prompt = seen.body["messages"][0]["content"].as_str().unwrap_or_default();
+        let prompt = seen.body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default();
         if let (Some(at), Some(name)) = (
             seen.answered_at,
             prompt
@@ -192,7 +206,9 @@ async fn report(title: &str, samples: &[Sample], model: &LlmServer, sopr: &Sopr,
     }
     let (mut client, mut model_time, mut e2e, mut llm) = (vec![], vec![], vec![], vec![]);
     for s in samples {
-        let Some(&m) = model_ms.get(&s.name) else { continue };
+        let Some(&m) = model_ms.get(&s.name) else {
+            continue;
+        };
         let id = s.decision.parse().expect("decision id");
         let Some(decision) = store.decision(tenant.id, id).await.expect("decision") else {
             continue;
@@ -282,7 +298,9 @@ fn main() {
         for i in 0..count {
             tick.tick().await;
             let (client, sopr) = (client.clone(), sopr.clone());
-            tasks.push(tokio::spawn(async move { send(&client, &sopr, 100_000 + i).await }));
+            tasks.push(tokio::spawn(async move {
+                send(&client, &sopr, 100_000 + i).await
+            }));
         }
         let mut samples = Vec::new();
         for t in tasks {

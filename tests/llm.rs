@@ -612,6 +612,33 @@ async fn a_stream_cut_midway_ends_in_review_with_the_outcome_saying_so() {
 }
 
 #[tokio::test]
+async fn a_stream_that_stalls_past_the_deadline_ends_in_review() {
+    let a = LlmServer::start("a").await;
+    a.set_default(Behaviour::Stream {
+        content: None,
+        chunk_chars: 10,
+        gap: Duration::from_secs(5),
+    });
+    let app = app_with(&[&a], |c| c.llm.deadline_ms = 1_000).await;
+    let started = std::time::Instant::now();
+    let events = post_streaming(
+        &app,
+        json!({ "customer": { "id": "cust-16" }, "text": CARD_DELIVERY }),
+    )
+    .await;
+    let (last, outcome) = events.last().unwrap();
+    assert_eq!(last, "outcome");
+    assert_eq!(outcome["outcome"], "queued");
+    assert_eq!(outcome["reasons"], json!(["llm_unavailable"]));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "bounded by the deadline"
+    );
+    let record = decision(&app, outcome).await.llm.unwrap().0;
+    assert_eq!(record["calls"][0]["outcome"], "timeout");
+}
+
+#[tokio::test]
 async fn streaming_errors_arrive_as_problem_events() {
     let app = app_with(&[&LlmServer::start("a").await], |_| {}).await;
     let events = post_streaming(
