@@ -68,7 +68,12 @@ impl DraftContext<'_> {
         if let Some(sop) = sop {
             context.insert(
                 "sop",
-                &serde_json::json!({ "id": sop.file.id, "version": sop.file.version, "title": sop.file.title }),
+                &serde_json::json!({
+                    "id": sop.file.id,
+                    "version": sop.file.version,
+                    "title": sop.file.title,
+                    "description": sop.file.description,
+                }),
             );
             context.insert("steps", &sop.file.steps);
         }
@@ -106,7 +111,12 @@ fn sample(
     let mut context = ctx.for_sop(None);
     context.insert(
         "sop",
-        &serde_json::json!({ "id": "sample-sop", "version": 1, "title": "Sample SOP" }),
+        &serde_json::json!({
+            "id": "sample-sop",
+            "version": 1,
+            "title": "Sample SOP",
+            "description": "What the sample SOP covers.",
+        }),
     );
     context.insert("steps", &Vec::<String>::new());
     context

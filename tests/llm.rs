@@ -341,8 +341,16 @@ async fn app_with(
     servers: &[&LlmServer],
     tweak: impl FnOnce(&mut sopr::config::Config),
 ) -> support::TestApp {
+    app_on(TestDb::sqlite(), servers, tweak).await
+}
+
+async fn app_on(
+    db: TestDb,
+    servers: &[&LlmServer],
+    tweak: impl FnOnce(&mut sopr::config::Config),
+) -> support::TestApp {
     let providers = servers.iter().map(|s| llm_provider(s)).collect();
-    spawn_app_on(TestDb::sqlite(), move |c| {
+    spawn_app_on(db, move |c| {
         c.llm.providers = providers;
         c.llm.retry.initial_backoff_ms = 10;
         c.llm.retry.max_backoff_ms = 50;
@@ -362,8 +370,14 @@ async fn decision(app: &support::TestApp, outcome: &Value) -> sopr::store::Decis
 
 #[tokio::test]
 async fn the_demo_answers_in_llm_mode_and_records_the_calls() {
+    for db in support::databases().await {
+        demo_answers_in_llm_mode(db).await;
+    }
+}
+
+async fn demo_answers_in_llm_mode(db: TestDb) {
     let a = LlmServer::start("primary").await;
-    let app = app_with(&[&a], |_| {}).await;
+    let app = app_on(db, &[&a], |_| {}).await;
     let outcome = app.message("cust-1", CARD_DELIVERY).await;
     assert_eq!(outcome["outcome"], "answered", "{outcome}");
     assert!(
