@@ -58,6 +58,9 @@ pub enum Command {
     /// Manage tenant API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage the reviewers and admins who work a tenant's review queue.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Print the effective configuration (all sources merged), with secrets masked.
     PrintConfig,
     /// Train the router and store the model in the database.
@@ -142,6 +145,40 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Add a reviewer or admin to an existing tenant.
+    ///
+    /// The password is asked for twice when stdin is a terminal; otherwise the first line of stdin
+    /// is the password (`printf '%s\n' "$PASSWORD" | sopr users add ...`). It must be at least 12
+    /// characters and is stored only as an argon2id hash.
+    Add {
+        /// Tenant name (create it first with `sopr keys create --tenant NAME`)
+        #[arg(long, value_name = "NAME")]
+        tenant: String,
+        /// Sign-in email; compared case-insensitively
+        #[arg(long, value_name = "EMAIL")]
+        email: String,
+        /// reviewer: works the queue; admin: also manages users, sees every queue, reassigns
+        #[arg(long, value_enum, default_value = "reviewer")]
+        role: crate::users::UserRole,
+    },
+    /// List a tenant's users (email, role, created, disabled).
+    List {
+        /// Tenant name
+        #[arg(long, value_name = "NAME")]
+        tenant: String,
+    },
+    /// Set a new password for a user; read like `users add`.
+    SetPassword {
+        /// Tenant name
+        #[arg(long, value_name = "NAME")]
+        tenant: String,
+        #[arg(long, value_name = "EMAIL")]
+        email: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
     Text,
@@ -181,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Users(command) => users(config, command).await,
         Command::Train { data } => train(config, &data).await,
         Command::Eval {
             train,
@@ -483,4 +521,97 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
         None => println!("calibration none (fewer than 20 held-out examples)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn users(config: Config, command: UsersCommand) -> anyhow::Result<ExitCode> {
+    use crate::users::{hash_password, normalise_email};
+
+    let store = crate::service::connect_store(&config).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    let tenant_of = |name: String| {
+        let store = store.clone();
+        async move {
+            let name = name.trim().to_string();
+            store.tenant_by_name(&name).await?.with_context(|| {
+                format!("no tenant `{name}`; create it with `sopr keys create --tenant {name}`")
+            })
+        }
+    };
+    match command {
+        UsersCommand::Add {
+            tenant,
+            email,
+            role,
+        } => {
+            let tenant = tenant_of(tenant).await?;
+            let email = normalise_email(&email)?;
+            let password_hash = hash_password(&read_password()?)?;
+            let user = crate::store::User {
+                id: uuid::Uuid::now_v7(),
+                tenant_id: tenant.id,
+                email: email.clone(),
+                role: role.as_str().into(),
+                password_hash,
+                created_at: chrono::Utc::now(),
+                disabled_at: None,
+            };
+            match store.create_user(&user).await {
+                Err(crate::store::StoreError::Conflict(_)) => {
+                    anyhow::bail!("tenant `{}` already has a user {email}", tenant.name)
+                }
+                other => other?,
+            }
+            eprintln!(
+                "added {} {email} to tenant `{}`",
+                role.as_str(),
+                tenant.name
+            );
+        }
+        UsersCommand::List { tenant } => {
+            let tenant = tenant_of(tenant).await?;
+            for user in store.list_users(tenant.id).await? {
+                let disabled = user
+                    .disabled_at
+                    .map(|t| format!("  disabled {}", t.format("%Y-%m-%d")))
+                    .unwrap_or_default();
+                println!(
+                    "{}\t{}\t{}{disabled}",
+                    user.email,
+                    user.role,
+                    user.created_at.format("%Y-%m-%d")
+                );
+            }
+        }
+        UsersCommand::SetPassword { tenant, email } => {
+            let tenant = tenant_of(tenant).await?;
+            let email = normalise_email(&email)?;
+            let hash = hash_password(&read_password()?)?;
+            anyhow::ensure!(
+                store.set_user_password(tenant.id, &email, &hash).await?,
+                "tenant `{}` has no user {email}",
+                tenant.name
+            );
+            eprintln!("password of {email} changed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A new password: asked twice on a terminal, else the first line of stdin.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal};
+
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let again = rpassword::prompt_password("Password again: ")?;
+        anyhow::ensure!(first == again, "the passwords do not match");
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']).to_string();
+    anyhow::ensure!(!password.is_empty(), "no password on stdin");
+    Ok(password)
 }

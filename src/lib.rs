@@ -15,5 +15,6 @@ pub mod service;
 pub mod sop;
 pub mod store;
 pub mod telemetry;
+pub mod users;
 
 pub use http::{AppState, serve};

@@ -49,6 +49,97 @@ fn keys_create_prints_only_a_new_key() {
     assert!(!out.status.success());
 }
 
+/// Runs `sopr --database URL args…` with `stdin` piped in; returns (success, stdout, stderr).
+fn run_with_stdin(url: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = sopr()
+        .args(["--database", url])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn users_add_hashes_the_password_from_stdin_and_refuses_mistakes() {
+    let (_dir, url) = temp_db();
+    let add = |email: &str, role: &str, password: &str| {
+        run_with_stdin(
+            &url,
+            &[
+                "users", "add", "--tenant", "acme", "--email", email, "--role", role,
+            ],
+            &format!("{password}\n"),
+        )
+    };
+    let (ok, _, err) = add("ana@example.com", "admin", "a long enough password");
+    assert!(!ok);
+    assert!(
+        err.contains("no tenant `acme`") && err.contains("sopr keys create"),
+        "{err}"
+    );
+
+    run_with_stdin(&url, &["keys", "create", "--tenant", "acme"], "");
+    let (ok, _, err) = add(" Ana@Example.com ", "admin", "a long enough password");
+    assert!(ok, "{err}");
+    assert!(err.contains("added admin ana@example.com"), "{err}");
+    let (ok, _, err) = add("ana@example.com", "reviewer", "another long password");
+    assert!(
+        !ok && err.contains("already has a user ana@example.com"),
+        "{err}"
+    );
+    let (ok, _, err) = add("bea@example.com", "reviewer", "short");
+    assert!(!ok && err.contains("12 to 1024 characters"), "{err}");
+    let (ok, _, err) = add("not-an-email", "reviewer", "a long enough password");
+    assert!(!ok && err.contains("not an email address"), "{err}");
+
+    let (ok, out, _) = run_with_stdin(&url, &["users", "list", "--tenant", "acme"], "");
+    assert!(ok);
+    assert!(out.starts_with("ana@example.com\tadmin\t"), "{out}");
+    assert_eq!(out.lines().count(), 1);
+
+    let (ok, _, err) = run_with_stdin(
+        &url,
+        &[
+            "users",
+            "set-password",
+            "--tenant",
+            "acme",
+            "--email",
+            "ANA@example.com",
+        ],
+        "a brand new password\n",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run_with_stdin(
+        &url,
+        &[
+            "users",
+            "set-password",
+            "--tenant",
+            "acme",
+            "--email",
+            "zed@example.com",
+        ],
+        "a brand new password\n",
+    );
+    assert!(!ok && err.contains("has no user zed@example.com"), "{err}");
+}
+
 #[test]
 fn print_config_masks_secrets_and_bad_config_names_the_key() {
     let out = sopr()

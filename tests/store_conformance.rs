@@ -156,6 +156,103 @@ async fn tenants_and_api_keys() {
 }
 
 #[tokio::test]
+async fn users_are_unique_per_tenant_by_email() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let (acme, other) = (tenant(store.as_ref()).await, tenant(store.as_ref()).await);
+        let user = |tenant: &Tenant, email: &str, role: &str| User {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.id,
+            email: email.into(),
+            role: role.into(),
+            password_hash: "$argon2id$v=19$stub".into(),
+            created_at: Utc::now(),
+            disabled_at: None,
+        };
+        store
+            .create_user(&user(&acme, "bea@example.com", "reviewer"))
+            .await
+            .unwrap();
+        store
+            .create_user(&user(&acme, "ana@example.com", "admin"))
+            .await
+            .unwrap();
+        // The same person may work for another tenant.
+        store
+            .create_user(&user(&other, "ana@example.com", "reviewer"))
+            .await
+            .unwrap();
+        let duplicate = store
+            .create_user(&user(&acme, "ana@example.com", "reviewer"))
+            .await;
+        assert!(
+            matches!(&duplicate, Err(StoreError::Conflict(name)) if name == "users_email"),
+            "{}: {duplicate:?}",
+            db.label()
+        );
+
+        let listed: Vec<(String, String)> = store
+            .list_users(acme.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.email, u.role))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("ana@example.com".into(), "admin".into()),
+                ("bea@example.com".into(), "reviewer".into())
+            ],
+            "{}",
+            db.label()
+        );
+        assert!(
+            store
+                .set_user_password(acme.id, "ana@example.com", "new-hash")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_user_password(acme.id, "nobody@example.com", "x")
+                .await
+                .unwrap()
+        );
+        let ana = store
+            .user_by_email(acme.id, "ana@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ana.password_hash, "new-hash");
+        let theirs = store
+            .user_by_email(other.id, "ana@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(theirs.role, "reviewer", "{}", db.label());
+        assert!(
+            store
+                .user_by_email(acme.id, "nobody@example.com")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            store.tenant_by_name(&acme.name).await.unwrap().unwrap().id,
+            acme.id
+        );
+        assert!(
+            store
+                .tenant_by_name("no-such-tenant")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
 async fn router_models_are_stored_by_version_and_pruned_oldest_first() {
     for db in databases().await {
         let store = store_for(&db).await;

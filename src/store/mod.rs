@@ -93,6 +93,20 @@ pub struct Tenant {
     pub created_at: DateTime<Utc>,
 }
 
+/// A reviewer or admin of one tenant.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub email: String,
+    /// `reviewer` or `admin`.
+    pub role: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Conversation {
     pub id: Uuid,
@@ -362,6 +376,20 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_api_key(&self, tenant_id: Uuid, prefix: &str, key_hash: &str) -> Result<()>;
     /// The tenant owning an unrevoked key with this hash.
     async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<Tenant>>;
+    async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>>;
+
+    // --- users ------------------------------------------------------------
+    /// `Conflict("users_email")` when the tenant already has that email.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    async fn user_by_email(&self, tenant_id: Uuid, email: &str) -> Result<Option<User>>;
+    async fn list_users(&self, tenant_id: Uuid) -> Result<Vec<User>>;
+    /// Returns false when there is no such user.
+    async fn set_user_password(
+        &self,
+        tenant_id: Uuid,
+        email: &str,
+        password_hash: &str,
+    ) -> Result<bool>;
 
     // --- SOP versions -----------------------------------------------------
     /// Records the loaded SOP versions; already-known (id, version, hash) rows are kept.

@@ -17,6 +17,8 @@ pub(crate) fn conflict_name(err: &dyn sqlx::error::DatabaseError) -> String {
         "messages_idempotency".into()
     } else if msg.contains("review_items.conversation_id") {
         "review_items_one_open".into()
+    } else if msg.contains("users.tenant_id, users.email") {
+        "users_email".into()
     } else {
         msg.to_string()
     }
@@ -187,6 +189,63 @@ macro_rules! impl_store {
                     .await
                     .map_err(map_err)?;
                 Ok(())
+            }
+
+            async fn tenant_by_name(&self, name: &str) -> Result<Option<Tenant>> {
+                Ok(sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn create_user(&self, user: &User) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO users (id, tenant_id, email, role, password_hash, created_at, disabled_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(user.id)
+                .bind(user.tenant_id)
+                .bind(&user.email)
+                .bind(&user.role)
+                .bind(&user.password_hash)
+                .bind(user.created_at)
+                .bind(user.disabled_at)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn user_by_email(&self, tenant_id: Uuid, email: &str) -> Result<Option<User>> {
+                Ok(sqlx::query_as::<_, User>(
+                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at FROM users \
+                     WHERE tenant_id = $1 AND email = $2",
+                )
+                .bind(tenant_id)
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn list_users(&self, tenant_id: Uuid) -> Result<Vec<User>> {
+                Ok(sqlx::query_as::<_, User>(
+                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at FROM users \
+                     WHERE tenant_id = $1 ORDER BY email",
+                )
+                .bind(tenant_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn set_user_password(&self, tenant_id: Uuid, email: &str, password_hash: &str) -> Result<bool> {
+                Ok(sqlx::query("UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND email = $2")
+                    .bind(tenant_id)
+                    .bind(email)
+                    .bind(password_hash)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    == 1)
             }
 
             async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<Tenant>> {
