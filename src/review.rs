@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::agent::{ConversationView, CustomerView, DraftContext, HistoryItem, MessageView};
+use crate::config::ReviewConfig;
 use crate::sop::SopSet;
 use crate::store::{
-    Claim, NewFeedback, NewMessage, NewReviewEvent, Resolution, ReviewItem, ReviewState, Role,
-    Store, StoreError,
+    Claim, NewFeedback, NewMessage, NewReviewEvent, Reroute, Resolution, ReviewItem, ReviewState,
+    Role, Store, StoreError,
 };
 
 /// What a reviewer does to finish an item.
@@ -71,6 +73,7 @@ pub struct ReviewService {
     store: Arc<dyn Store>,
     sops: Arc<SopSet>,
     lease: Duration,
+    default_sla: Duration,
 }
 
 /// The state a person should see: a claim whose lease ran out is open again.
@@ -83,11 +86,12 @@ pub fn effective_state(item: &ReviewItem, now: DateTime<Utc>) -> ReviewState {
 }
 
 impl ReviewService {
-    pub fn new(store: Arc<dyn Store>, sops: Arc<SopSet>, lease_secs: u64) -> ReviewService {
+    pub fn new(store: Arc<dyn Store>, sops: Arc<SopSet>, config: &ReviewConfig) -> ReviewService {
         ReviewService {
             store,
             sops,
-            lease: Duration::seconds(i64::try_from(lease_secs).unwrap_or(i64::MAX / 1000)),
+            lease: Duration::seconds(i64::try_from(config.lease_secs).unwrap_or(i64::MAX / 1000)),
+            default_sla: Duration::minutes(i64::from(config.default_sla_minutes)),
         }
     }
 
@@ -231,6 +235,136 @@ impl ReviewService {
             now,
         };
         Ok(self.store.resolve_review(tenant_id, &resolution).await?)
+    }
+}
+
+impl ReviewService {
+    /// Moves an item the reviewer holds to another active SOP: its template
+    /// drafts a new reply for the conversation, and the item takes the SOP's
+    /// priority and SLA (counted from when the item was opened). The item
+    /// stays claimed. `intent` labels the message for the feedback store; it
+    /// may be left out when the SOP has a single intent.
+    pub async fn reroute(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+        sop_id: &str,
+        intent: Option<String>,
+        expected_version: Option<i64>,
+    ) -> Result<ReviewItem, ReviewError> {
+        let reviewer = validate_reviewer(reviewer)?;
+        let sop = self
+            .sops
+            .active()
+            .find(|s| s.id() == sop_id.trim())
+            .cloned()
+            .ok_or_else(|| ReviewError::Invalid {
+                field: "sop",
+                message: format!("`{sop_id}` is not the id of an active SOP"),
+            })?;
+        let label = match (intent, sop.file.intents.as_slice()) {
+            (Some(i), intents) if intents.contains(&i) => i,
+            (Some(i), _) => {
+                return Err(ReviewError::Invalid {
+                    field: "intent",
+                    message: format!("`{i}` is not an intent of SOP `{}`", sop.id()),
+                });
+            }
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                return Err(ReviewError::Invalid {
+                    field: "intent",
+                    message: format!(
+                        "SOP `{}` has several intents ({}); say which one",
+                        sop.id(),
+                        sop.file.intents.join(", ")
+                    ),
+                });
+            }
+        };
+        let item = self
+            .store
+            .review(tenant_id, id)
+            .await?
+            .ok_or(ReviewError::NotFound)?;
+        let conversation = self
+            .store
+            .conversation(tenant_id, item.conversation_id)
+            .await?
+            .ok_or(ReviewError::NotFound)?;
+        let messages = self
+            .store
+            .conversation_messages(tenant_id, item.conversation_id)
+            .await?;
+        let Some(last) = messages
+            .iter()
+            .rposition(|m| m.role == Role::Customer.as_str())
+        else {
+            return Err(ReviewError::Conflict(
+                "the conversation has no customer message".into(),
+            ));
+        };
+        let history: Vec<HistoryItem> = messages[..last]
+            .iter()
+            .map(|m| HistoryItem {
+                role: m.role.clone(),
+                body: m.body.clone(),
+            })
+            .collect();
+        let context = DraftContext {
+            customer: CustomerView {
+                id: &conversation.customer_id,
+                name: conversation.customer_name.as_deref(),
+                email: conversation.customer_email.as_deref(),
+            },
+            message: MessageView {
+                text: &messages[last].body,
+                channel: conversation.channel.as_deref(),
+            },
+            conversation: ConversationView {
+                id: conversation.id,
+            },
+            intent: &label,
+            confidence: 1.0,
+            flags: Vec::new(),
+            history: &history,
+        };
+        // A template that fails leaves no draft: the reviewer writes the reply.
+        let draft = crate::agent::draft(&self.sops, &sop, &context)
+            .inspect_err(|err| tracing::error!(sop = sop.reference(), error = %err, "SOP template failed to render on reroute"))
+            .ok();
+        let esc = &sop.file.escalation;
+        let sla = esc
+            .sla_minutes
+            .map_or(self.default_sla, |m| Duration::minutes(i64::from(m)));
+        let now = Utc::now();
+        let reroute = Reroute {
+            review_id: id,
+            reviewer: reviewer.clone(),
+            expected_version,
+            sop_ref: sop.reference(),
+            draft: draft.clone(),
+            priority: esc.priority.rank(),
+            due_at: item.created_at + sla,
+            event: NewReviewEvent {
+                id: Uuid::now_v7(),
+                actor: reviewer,
+                kind: "rerouted".into(),
+                data: json!({
+                    "before": { "sop_ref": item.sop_ref, "draft": item.draft, "priority": item.priority },
+                    "after": { "sop_ref": sop.reference(), "draft": draft, "priority": esc.priority.rank() },
+                    "label_intent": label,
+                    "version": item.version,
+                }),
+            },
+            feedback: NewFeedback {
+                id: Uuid::now_v7(),
+                label_intent: Some(label),
+            },
+            now,
+        };
+        Ok(self.store.reroute_review(tenant_id, &reroute).await?)
     }
 }
 

@@ -71,11 +71,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         config.clone(),
         llm,
     )?);
-    let reviews = Arc::new(ReviewService::new(
-        store.clone(),
-        sops,
-        config.review.lease_secs,
-    ));
+    let reviews = Arc::new(ReviewService::new(store.clone(), sops, &config.review));
     Ok(Service {
         state: AppState {
             store,

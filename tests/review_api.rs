@@ -343,3 +343,109 @@ async fn thirty_two_concurrent_reviewers_over_http_never_double_claim() {
         );
     }
 }
+
+#[tokio::test]
+async fn reroute_redrafts_under_another_sop_and_labels_the_message() {
+    for db in databases().await {
+        let label = db.label();
+        let app = spawn_app_on(db, |_| {}).await;
+        let case = queue_case(&app, "cust-r").await;
+        let id = case["review_id"].as_str().unwrap();
+        let reroute = |body: Value| {
+            let app = &app;
+            async move { app.post(&format!("/v1/reviews/{id}/reroute"), &body).await }
+        };
+        let ask = json!({ "reviewer": "alice", "sop": "card-delivery", "intent": "card_arrival" });
+        problem(reroute(ask.clone()).await, 409).await;
+
+        let claimed: Value = app
+            .post(
+                &format!("/v1/reviews/{id}/claim"),
+                &json!({ "reviewer": "alice" }),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let body = problem(
+            reroute(json!({ "reviewer": "alice", "sop": "nope" })).await,
+            422,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "sop", "{label}: {body}");
+        let body = problem(
+            reroute(json!({ "reviewer": "alice", "sop": "card-delivery" })).await,
+            422,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "intent", "{label}: {body}");
+        let mut stale = ask.clone();
+        stale["version"] = json!(claimed["version"].as_i64().unwrap() - 1);
+        problem(reroute(stale).await, 409).await;
+        let mut bob = ask.clone();
+        bob["reviewer"] = json!("bob");
+        problem(reroute(bob).await, 409).await;
+
+        let response = reroute(ask).await;
+        assert_eq!(response.status(), 200, "{label}");
+        let item: Value = response.json().await.unwrap();
+        assert!(
+            item["sop_ref"]
+                .as_str()
+                .unwrap()
+                .starts_with("card-delivery@"),
+            "{item}"
+        );
+        assert!(
+            item["draft"].as_str().unwrap().contains("Track delivery"),
+            "{item}"
+        );
+        assert_eq!(item["state"], "claimed");
+        assert_eq!(item["claimed_by"], "alice");
+        assert_eq!(item["version"], claimed["version"].as_i64().unwrap() + 1);
+
+        let events: Value = app
+            .get(&format!("/v1/reviews/{id}/events"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let rerouted = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "rerouted")
+            .expect("rerouted event");
+        assert_eq!(rerouted["actor"], "alice");
+        assert_eq!(rerouted["data"]["before"]["sop_ref"], case["route"]["sop"]);
+        assert_eq!(rerouted["data"]["after"]["sop_ref"], item["sop_ref"]);
+
+        let review_id = id.parse().unwrap();
+        let feedback = app
+            .store
+            .review_feedback(app.tenant.id, review_id)
+            .await
+            .unwrap();
+        assert_eq!(feedback.len(), 1, "{label}");
+        assert_eq!(feedback[0].action, "reroute");
+        assert_eq!(feedback[0].label_intent.as_deref(), Some("card_arrival"));
+
+        // Approving sends the new draft.
+        let resolved = app
+            .post(
+                &format!("/v1/reviews/{id}/resolve"),
+                &json!({ "reviewer": "alice", "action": "approve" }),
+            )
+            .await;
+        assert_eq!(resolved.status(), 200, "{label}");
+        let conversation = app.conversation(&case["conversation_id"]).await;
+        let last = conversation["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["role"], "reviewer");
+        assert_eq!(last["body"], item["draft"]);
+    }
+}

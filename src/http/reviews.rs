@@ -28,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reviews/{id}/heartbeat", post(heartbeat))
         .route("/v1/reviews/{id}/release", post(release))
         .route("/v1/reviews/{id}/resolve", post(resolve))
+        .route("/v1/reviews/{id}/reroute", post(reroute))
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +44,17 @@ struct ResolveRequest {
     /// The intent the message really was about, for the feedback store.
     intent: Option<String>,
     /// The item version the reviewer saw; a stale one fails with 409.
+    version: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerouteRequest {
+    reviewer: String,
+    /// Id of the active SOP that should govern the case.
+    sop: String,
+    /// The message's intent among that SOP's intents (needed when it has several).
+    intent: Option<String>,
     version: Option<i64>,
 }
 
@@ -202,6 +214,26 @@ async fn resolve(
             parse_id(&id)?,
             &body.reviewer,
             body.action,
+            body.intent,
+            body.version,
+        )
+        .await?;
+    Ok(Json(view(&item)))
+}
+
+async fn reroute(
+    State(state): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+    ApiJson(body, _): ApiJson<RerouteRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let item = state
+        .reviews
+        .reroute(
+            tenant.id,
+            parse_id(&id)?,
+            &body.reviewer,
+            &body.sop,
             body.intent,
             body.version,
         )

@@ -340,6 +340,22 @@ pub struct Resolution {
     pub now: DateTime<Utc>,
 }
 
+/// Moving an item to another SOP: new SOP reference, draft, priority and SLA;
+/// the reviewer keeps the claim.
+#[derive(Debug, Clone)]
+pub struct Reroute {
+    pub review_id: Uuid,
+    pub reviewer: String,
+    pub expected_version: Option<i64>,
+    pub sop_ref: String,
+    pub draft: Option<String>,
+    pub priority: i32,
+    pub due_at: DateTime<Utc>,
+    pub event: NewReviewEvent,
+    pub feedback: NewFeedback,
+    pub now: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewReviewEvent {
     pub id: Uuid,
@@ -458,6 +474,9 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves an item the reviewer holds, writing reply, audit event and feedback
     /// in one transaction. `Conflict` on a stale version, a lost lease or a resolved item.
     async fn resolve_review(&self, tenant_id: Uuid, resolution: &Resolution) -> Result<ReviewItem>;
+    /// Reroutes an item the reviewer holds: one transaction for the item, its
+    /// audit event and the feedback row labelling the message.
+    async fn reroute_review(&self, tenant_id: Uuid, reroute: &Reroute) -> Result<ReviewItem>;
     async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>>;
     async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
 }

@@ -50,6 +50,61 @@ macro_rules! impl_store {
             }
         }
 
+        /// An action on an item needs the reviewer's live claim on its current version.
+        fn check_held(item: &ReviewItem, reviewer: &str, now: DateTime<Utc>, expected_version: Option<i64>) -> Result<()> {
+            if item.state == "resolved" {
+                return Err(StoreError::Conflict("the item is already resolved".into()));
+            }
+            if item.state != "claimed" || item.claimed_by.as_deref() != Some(reviewer) {
+                return Err(StoreError::Conflict("claim the item first".into()));
+            }
+            if item.lease_expires_at.is_none_or(|t| t < now) {
+                return Err(StoreError::Conflict("the lease on this item has expired; claim it again".into()));
+            }
+            if let Some(expected) = expected_version.filter(|v| *v != item.version) {
+                return Err(StoreError::Conflict(format!(
+                    "the item changed since version {expected} (now {}); reload it",
+                    item.version
+                )));
+            }
+            Ok(())
+        }
+
+        /// A feedback row: the item's first customer message, what the router
+        /// predicted, and what the reviewer's action says it was.
+        #[allow(clippy::too_many_arguments)]
+        async fn insert_feedback(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            tenant_id: Uuid,
+            item: &ReviewItem,
+            feedback: &NewFeedback,
+            action: &str,
+            final_reply: Option<&str>,
+            reviewer: &str,
+            now: DateTime<Utc>,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO feedback (id, tenant_id, review_id, decision_id, customer_text, predicted_intent, label_intent, sop_ref, \
+                 action, draft, final_reply, reviewer, created_at) \
+                 SELECT $1, $2, $3, d.id, m.body, d.intent, $4, $5, $6, $7, $8, $9, $10 \
+                 FROM decisions d JOIN messages m ON m.id = d.message_id WHERE d.id = $11",
+            )
+            .bind(feedback.id)
+            .bind(tenant_id)
+            .bind(item.id)
+            .bind(&feedback.label_intent)
+            .bind(&item.sop_ref)
+            .bind(action)
+            .bind(&item.draft)
+            .bind(final_reply)
+            .bind(reviewer)
+            .bind(now)
+            .bind(item.decision_id)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
         async fn insert_event(
             tx: &mut sqlx::Transaction<'_, $db>,
             tenant_id: Uuid,
@@ -621,21 +676,7 @@ macro_rules! impl_store {
             async fn resolve_review(&self, tenant_id: Uuid, r: &Resolution) -> Result<ReviewItem> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let item = lock_review(&mut tx, tenant_id, r.review_id).await?;
-                if item.state == "resolved" {
-                    return Err(StoreError::Conflict("the item is already resolved".into()));
-                }
-                if item.state != "claimed" || item.claimed_by.as_deref() != Some(r.reviewer.as_str()) {
-                    return Err(StoreError::Conflict("claim the item before resolving it".into()));
-                }
-                if item.lease_expires_at.is_none_or(|t| t < r.now) {
-                    return Err(StoreError::Conflict("the lease on this item has expired; claim it again".into()));
-                }
-                if let Some(expected) = r.expected_version.filter(|v| *v != item.version) {
-                    return Err(StoreError::Conflict(format!(
-                        "the item changed since version {expected} (now {}); reload it",
-                        item.version
-                    )));
-                }
+                check_held(&item, &r.reviewer, r.now, r.expected_version)?;
                 let sql = concat!(
                     "UPDATE review_items SET state = 'resolved', resolution = $1, final_reply = $2, resolved_by = $3, resolved_at = $4, \
                      lease_expires_at = NULL, version = version + 1, updated_at = $4 WHERE id = $5 RETURNING ",
@@ -658,27 +699,33 @@ macro_rules! impl_store {
                         .await?;
                 }
                 insert_event(&mut tx, tenant_id, r.review_id, &r.event.actor, &r.event.kind, &r.event.data, r.now).await?;
-                sqlx::query(
-                    "INSERT INTO feedback (id, tenant_id, review_id, decision_id, customer_text, predicted_intent, label_intent, sop_ref, \
-                     action, draft, final_reply, reviewer, created_at) \
-                     SELECT $1, $2, $3, d.id, m.body, d.intent, $4, $5, $6, $7, $8, $9, $10 \
-                     FROM decisions d JOIN messages m ON m.id = d.message_id WHERE d.id = $11",
-                )
-                .bind(r.feedback.id)
-                .bind(tenant_id)
-                .bind(r.review_id)
-                .bind(&r.feedback.label_intent)
-                .bind(&item.sop_ref)
-                .bind(&r.action)
-                .bind(&item.draft)
-                .bind(&r.final_reply)
-                .bind(&r.reviewer)
-                .bind(r.now)
-                .bind(item.decision_id)
-                .execute(&mut *tx)
-                .await?;
+                insert_feedback(&mut tx, tenant_id, &item, &r.feedback, &r.action, r.final_reply.as_deref(), &r.reviewer, r.now).await?;
                 tx.commit().await?;
                 Ok(resolved)
+            }
+
+            async fn reroute_review(&self, tenant_id: Uuid, r: &Reroute) -> Result<ReviewItem> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let item = lock_review(&mut tx, tenant_id, r.review_id).await?;
+                check_held(&item, &r.reviewer, r.now, r.expected_version)?;
+                let sql = concat!(
+                    "UPDATE review_items SET sop_ref = $1, draft = $2, priority = $3, due_at = $4, version = version + 1, \
+                     updated_at = $5 WHERE id = $6 RETURNING ",
+                    review_columns!()
+                );
+                let rerouted = sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(&r.sop_ref)
+                    .bind(&r.draft)
+                    .bind(r.priority)
+                    .bind(r.due_at)
+                    .bind(r.now)
+                    .bind(r.review_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                insert_event(&mut tx, tenant_id, r.review_id, &r.event.actor, &r.event.kind, &r.event.data, r.now).await?;
+                insert_feedback(&mut tx, tenant_id, &item, &r.feedback, "reroute", None, &r.reviewer, r.now).await?;
+                tx.commit().await?;
+                Ok(rerouted)
             }
 
             async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>> {
