@@ -637,6 +637,8 @@ async fn an_expired_lease_makes_the_item_claimable_again() {
     for db in databases().await {
         let store = store_for(&db).await;
         let t = tenant(store.as_ref()).await;
+        // A less urgent open item: the expired claim must still come first.
+        let (_, low) = exchange(store.as_ref(), t.id, "review", 0, 600).await;
         let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
         let id = review.unwrap();
         // Alice's lease ran out a second ago.
@@ -654,7 +656,7 @@ async fn an_expired_lease_makes_the_item_claimable_again() {
         );
         assert_eq!(
             open.await.unwrap().len(),
-            1,
+            2,
             "{}: expired claim counts as open",
             db.label()
         );
@@ -663,8 +665,18 @@ async fn an_expired_lease_makes_the_item_claimable_again() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(next.id, id);
+        assert_eq!(
+            next.id,
+            id,
+            "{}: the more urgent expired claim first",
+            db.label()
+        );
         assert_eq!(next.claimed_by.as_deref(), Some("bob"));
+        let then = store
+            .claim_next_review(t.id, &claim("bob", 600))
+            .await
+            .unwrap();
+        assert_eq!(then.map(|i| i.id), low);
         let events = store.review_events(t.id, id).await.unwrap();
         let expired = events
             .iter()
@@ -796,7 +808,7 @@ async fn thirty_two_concurrent_claimers_never_share_an_item() {
     for db in databases().await {
         let store = store_for(&db).await;
         let t = tenant(store.as_ref()).await;
-        let items = 200;
+        let items = 2_000;
         for i in 0..items {
             exchange(store.as_ref(), t.id, "review", i % 4, 60).await;
         }
@@ -849,8 +861,9 @@ async fn thirty_two_concurrent_claimers_never_share_an_item() {
             .await
             .unwrap();
         assert!(left.is_empty());
-        // Each item has exactly created, claimed, resolved in its audit trail.
-        for id in seen.iter().take(20) {
+        // No audit event is lost: each item has exactly created, claimed,
+        // resolved in its trail, and one feedback row.
+        for id in &seen {
             let kinds: Vec<String> = store
                 .review_events(t.id, *id)
                 .await
@@ -859,6 +872,7 @@ async fn thirty_two_concurrent_claimers_never_share_an_item() {
                 .map(|e| e.kind)
                 .collect();
             assert_eq!(kinds, ["created", "claimed", "resolved.edit"]);
+            assert_eq!(store.review_feedback(t.id, *id).await.unwrap().len(), 1);
         }
     }
 }

@@ -583,20 +583,39 @@ macro_rules! impl_store {
 
             async fn claim_next_review(&self, tenant_id: Uuid, claim: &Claim) -> Result<Option<ReviewItem>> {
                 let (_writer, mut tx) = self.begin_write().await?;
-                let sql = concat!(
+                // Two indexed lookups instead of one OR that sorts the whole
+                // queue: the best open item and the best expired claim; the
+                // more urgent of the two is taken (the other's lock ends with
+                // the transaction).
+                let open = concat!(
                     "SELECT ",
                     review_columns!(),
-                    " FROM review_items WHERE tenant_id = $1 \
-                     AND (state = 'open' OR (state = 'claimed' AND lease_expires_at < $2)) \
+                    " FROM review_items WHERE tenant_id = $1 AND state = 'open' AND $2 IS NOT NULL \
                      ORDER BY priority DESC, due_at, created_at LIMIT 1 ",
                     $skip_locked
                 );
-                let Some(item) = sqlx::query_as::<_, ReviewItem>(sql)
-                    .bind(tenant_id)
-                    .bind(claim.now)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                else {
+                let expired = concat!(
+                    "SELECT ",
+                    review_columns!(),
+                    " FROM review_items WHERE tenant_id = $1 AND state = 'claimed' AND lease_expires_at < $2 \
+                     ORDER BY priority DESC, due_at, created_at LIMIT 1 ",
+                    $skip_locked
+                );
+                let mut best: Option<ReviewItem> = None;
+                for sql in [open, expired] {
+                    let candidate = sqlx::query_as::<_, ReviewItem>(sql)
+                        .bind(tenant_id)
+                        .bind(claim.now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let urgency = |i: &ReviewItem| (std::cmp::Reverse(i.priority), i.due_at, i.created_at);
+                    best = match (best, candidate) {
+                        (Some(b), Some(c)) if urgency(&c) < urgency(&b) => Some(c),
+                        (None, c) => c,
+                        (b, _) => b,
+                    };
+                }
+                let Some(item) = best else {
                     return Ok(None);
                 };
                 let claimed = take_claim(&mut tx, &item, claim).await?;
