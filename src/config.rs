@@ -115,6 +115,10 @@ pub struct ReviewConfig {
     pub lease_secs: u64,
     /// SLA for items whose SOP sets none (and for unrouted messages), in minutes.
     pub default_sla_minutes: u32,
+    /// Flag (or `family.*`) → the least priority of an item it fires on. The
+    /// item gets the highest of its SOP's priority and its flags'. Entries in
+    /// the file add to (or override) the defaults.
+    pub flag_priority: BTreeMap<String, crate::sop::Priority>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +324,16 @@ impl Default for Config {
             review: ReviewConfig {
                 lease_secs: 600,
                 default_sla_minutes: 240,
+                flag_priority: [
+                    ("topic.self_harm", crate::sop::Priority::Urgent),
+                    ("topic.fraud", crate::sop::Priority::High),
+                    ("topic.legal_threat", crate::sop::Priority::High),
+                    ("topic.regulator_complaint", crate::sop::Priority::High),
+                    ("pii.card_number", crate::sop::Priority::High),
+                ]
+                .into_iter()
+                .map(|(flag, p)| (flag.to_string(), p))
+                .collect(),
             },
             bootstrap: BootstrapConfig {
                 demo_tenant: "demo".into(),
@@ -516,6 +530,14 @@ impl Config {
         }
         if self.review.default_sla_minutes == 0 {
             return invalid("review.default_sla_minutes", "must be positive".into());
+        }
+        for flag in self.review.flag_priority.keys() {
+            if !crate::routing::screen::is_valid_flag_pattern(flag) {
+                return invalid(
+                    &format!("review.flag_priority.{flag}"),
+                    "is not a flag name such as `topic.fraud` or `pii.*`".into(),
+                );
+            }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return invalid(
@@ -782,7 +804,7 @@ fn toml_table(out: &mut String, name: &str, body: &serde_json::Value) {
             // TOML has no null: an unset optional key is shown commented out.
             out.push_str(&format!("# {key} = (unset)\n"));
         } else {
-            out.push_str(&format!("{key} = {}\n", toml_value(v)));
+            out.push_str(&format!("{} = {}\n", toml_key(key), toml_value(v)));
         }
     }
     out.push('\n');
@@ -796,6 +818,19 @@ fn toml_table(out: &mut String, name: &str, body: &serde_json::Value) {
             toml_table(&mut entry, &format!("{name}.{key}"), item);
             out.push_str(&format!("[{}", entry.replacen('\n', "]\n", 1)));
         }
+    }
+}
+
+/// A bare key when TOML allows one, else a quoted key (`"topic.fraud"`).
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        key.to_string()
+    } else {
+        serde_json::Value::String(key.to_string()).to_string()
     }
 }
 

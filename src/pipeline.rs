@@ -537,7 +537,10 @@ impl Pipeline {
                 "queued",
                 "joined",
                 None,
-                ReviewPlan::Join { review_id: open.id },
+                ReviewPlan::Join {
+                    review_id: open.id,
+                    priority: self.flag_priority(&flags).rank(),
+                },
             )
         } else if reasons.is_empty() {
             ("answered", "answered", draft_text.clone(), ReviewPlan::None)
@@ -546,7 +549,9 @@ impl Pipeline {
             let sla = esc
                 .and_then(|e| e.sla_minutes)
                 .unwrap_or(self.config.review.default_sla_minutes);
-            let priority = esc.map_or(Priority::Normal, |e| e.priority);
+            let priority = esc
+                .map_or(Priority::Normal, |e| e.priority)
+                .max(self.flag_priority(&flags));
             let holding = self.holding_reply(trusted_sop, &context);
             let item = NewReviewItem {
                 id: Uuid::now_v7(),
@@ -559,7 +564,7 @@ impl Pipeline {
         };
         let review_id = match &review {
             ReviewPlan::Create(item) => Some(item.id),
-            ReviewPlan::Join { review_id } => Some(*review_id),
+            ReviewPlan::Join { review_id, .. } => Some(*review_id),
             ReviewPlan::None => None,
         };
         let top: Vec<Value> = ranked
@@ -660,6 +665,22 @@ impl Pipeline {
             "message decided"
         );
         Ok(response)
+    }
+
+    /// The least priority the fired flags demand (`review.flag_priority`).
+    fn flag_priority(&self, flags: &[Flag]) -> Priority {
+        flags
+            .iter()
+            .flat_map(|f| {
+                self.config
+                    .review
+                    .flag_priority
+                    .iter()
+                    .filter(|(pattern, _)| flag_matches(pattern, &f.name))
+                    .map(|(_, p)| *p)
+            })
+            .max()
+            .unwrap_or(Priority::Low)
     }
 
     /// The LLM classifier's choice for a message in the ambiguous band, if

@@ -476,3 +476,58 @@ async fn a_database_failure_is_a_500_with_only_a_request_id() {
     assert!(body.get("detail").is_none(), "no internals leak: {body}");
     assert!(!body.to_string().contains("decisions"), "{body}");
 }
+
+#[tokio::test]
+async fn sensitive_flags_raise_the_priority_of_the_review_item() {
+    let app = spawn_app().await;
+    let priority = |out: &Value| {
+        let id = out["review_id"].as_str().unwrap().to_string();
+        let app = &app;
+        async move {
+            let detail: Value = app
+                .get(&format!("/v1/reviews/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            detail["item"]["priority"].as_i64().unwrap()
+        }
+    };
+    // Unrouted, no flag: normal.
+    let plain = app.message("cust-p1", "hmm").await;
+    assert_eq!(plain["outcome"], "queued");
+    assert_eq!(priority(&plain).await, 1);
+    // Fraud is at least high (2), whatever the SOP says.
+    let fraud = app
+        .message(
+            "cust-p2",
+            "I think this is fraud, someone is using my account",
+        )
+        .await;
+    assert!(
+        fraud["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("topic.fraud")),
+        "{fraud}"
+    );
+    assert!(priority(&fraud).await >= 2);
+    // A follow-up that mentions self-harm makes the open item urgent (3).
+    let conversation = plain["conversation_id"].as_str().unwrap();
+    let follow = app
+        .message_in(
+            Some(conversation),
+            "cust-p1",
+            "honestly I want to end my life",
+        )
+        .await;
+    assert_eq!(follow["outcome"], "queued");
+    assert!(
+        follow["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("topic.self_harm")),
+        "{follow}"
+    );
+    assert_eq!(priority(&plain).await, 3);
+}

@@ -420,7 +420,10 @@ async fn joining_an_open_item_appends_and_audits() {
                 decision: decision(conv, inbound.id, "joined"),
                 inbound,
                 reply: None,
-                review: ReviewPlan::Join { review_id: review },
+                review: ReviewPlan::Join {
+                    review_id: review,
+                    priority: 0,
+                },
             })
             .await
             .unwrap();

@@ -314,6 +314,8 @@ pub enum ReviewPlan {
     /// Append the message to the conversation's open item.
     Join {
         review_id: Uuid,
+        /// Raises the item's priority to at least this (a follow-up may be more urgent).
+        priority: i32,
     },
 }
 

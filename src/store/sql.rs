@@ -493,14 +493,16 @@ macro_rules! impl_store {
                         let data = serde_json::json!({ "decision_id": d.id, "reasons": item.reasons, "priority": item.priority });
                         insert_event(&mut tx, ex.tenant_id, item.id, "system", "created", &data, now).await?;
                     }
-                    ReviewPlan::Join { review_id } => {
+                    ReviewPlan::Join { review_id, priority } => {
                         let joined = sqlx::query(
-                            "UPDATE review_items SET message_count = message_count + 1, version = version + 1, updated_at = $1 \
+                            "UPDATE review_items SET message_count = message_count + 1, version = version + 1, updated_at = $1, \
+                             priority = CASE WHEN priority < $4 THEN $4 ELSE priority END \
                              WHERE id = $2 AND tenant_id = $3 AND state <> 'resolved'",
                         )
                         .bind(now)
                         .bind(review_id)
                         .bind(ex.tenant_id)
+                        .bind(priority)
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?
