@@ -15,8 +15,8 @@ use crate::agent::{ConversationView, CustomerView, DraftContext, HistoryItem, Me
 use crate::config::ReviewConfig;
 use crate::sop::SopSet;
 use crate::store::{
-    Claim, NewFeedback, NewMessage, NewReviewEvent, Reroute, Resolution, ReviewItem, ReviewState,
-    Role, Store, StoreError,
+    Claim, InfoRequest, NewFeedback, NewMessage, NewReviewEvent, Reroute, Resolution, ReviewItem,
+    ReviewState, Role, Store, StoreError,
 };
 
 /// What a reviewer does to finish an item.
@@ -81,6 +81,7 @@ pub fn effective_state(item: &ReviewItem, now: DateTime<Utc>) -> ReviewState {
     match item.state.as_str() {
         "resolved" => ReviewState::Resolved,
         "claimed" if item.lease_expires_at.is_some_and(|t| t >= now) => ReviewState::Claimed,
+        "open" if item.waiting_since.is_some() => ReviewState::Waiting,
         _ => ReviewState::Open,
     }
 }
@@ -239,6 +240,39 @@ impl ReviewService {
 }
 
 impl ReviewService {
+    /// Asks the customer for more information: the question goes to the
+    /// conversation, the reviewer's claim ends and the item waits, out of
+    /// claim-next, until the customer's next message joins it.
+    pub async fn request_info(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+        question: &str,
+        expected_version: Option<i64>,
+    ) -> Result<ReviewItem, ReviewError> {
+        let reviewer = validate_reviewer(reviewer)?;
+        let question = non_empty("message", question)?;
+        let now = Utc::now();
+        let request = InfoRequest {
+            review_id: id,
+            reviewer: reviewer.clone(),
+            expected_version,
+            message: NewMessage {
+                id: Uuid::now_v7(),
+                role: Role::Reviewer,
+                body: question,
+                metadata: Some(
+                    json!({ "review_id": id, "reviewer": reviewer, "kind": "info_request" }),
+                ),
+                idempotency: None,
+                created_at: now,
+            },
+            now,
+        };
+        Ok(self.store.request_info(tenant_id, &request).await?)
+    }
+
     /// Moves an item the reviewer holds to another active SOP: its template
     /// drafts a new reply for the conversation, and the item takes the SOP's
     /// priority and SLA (counted from when the item was opened). The item

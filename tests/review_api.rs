@@ -449,3 +449,115 @@ async fn reroute_redrafts_under_another_sop_and_labels_the_message() {
         assert_eq!(last["body"], item["draft"]);
     }
 }
+
+#[tokio::test]
+async fn asking_the_customer_parks_the_item_until_they_answer() {
+    for db in databases().await {
+        let label = db.label();
+        let app = spawn_app_on(db, |_| {}).await;
+        let case = queue_case(&app, "cust-w").await;
+        let id = case["review_id"].as_str().unwrap();
+        let claimed: Value = app
+            .post("/v1/reviews/claim", &json!({ "reviewer": "alice" }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(claimed["id"], id);
+        let ask = |body: Value| {
+            let app = &app;
+            async move {
+                app.post(&format!("/v1/reviews/{id}/request-info"), &body)
+                    .await
+            }
+        };
+        let body = problem(
+            ask(json!({ "reviewer": "alice", "message": "  " })).await,
+            422,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "message");
+        problem(
+            ask(json!({ "reviewer": "bob", "message": "Which card?" })).await,
+            409,
+        )
+        .await;
+
+        let question = "Which card is it: the one ending in the digits shown in the app?";
+        let response = ask(json!({ "reviewer": "alice", "message": question })).await;
+        assert_eq!(response.status(), 200, "{label}");
+        let item: Value = response.json().await.unwrap();
+        assert_eq!(item["state"], "waiting");
+        assert!(item["claimed_by"].is_null());
+
+        // The customer sees the question; nobody can claim-next the item meanwhile.
+        let conversation = app.conversation(&case["conversation_id"]).await;
+        let last = conversation["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (last["role"].as_str(), last["body"].as_str()),
+            (Some("reviewer"), Some(question))
+        );
+        let next = app
+            .post("/v1/reviews/claim", &json!({ "reviewer": "bob" }))
+            .await;
+        assert_eq!(
+            next.status(),
+            204,
+            "{label}: a waiting item is not claimable"
+        );
+        let waiting: Value = app
+            .get("/v1/reviews?state=waiting")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(waiting["items"][0]["id"], id);
+
+        // The answer joins the item and puts it back in the queue.
+        let answer = app
+            .message_in(
+                case["conversation_id"].as_str(),
+                "cust-w",
+                "The debit card, thanks",
+            )
+            .await;
+        assert_eq!(answer["outcome"], "queued");
+        assert_eq!(answer["review_id"], id);
+        let next: Value = app
+            .post("/v1/reviews/claim", &json!({ "reviewer": "bob" }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(next["id"], id, "{label}");
+        assert!(next["waiting_since"].is_null());
+        let events: Value = app
+            .get(&format!("/v1/reviews/{id}/events"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "created",
+                "claimed",
+                "info_requested",
+                "customer_message",
+                "claimed"
+            ],
+            "{label}"
+        );
+    }
+}

@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reviews/{id}/release", post(release))
         .route("/v1/reviews/{id}/resolve", post(resolve))
         .route("/v1/reviews/{id}/reroute", post(reroute))
+        .route("/v1/reviews/{id}/request-info", post(request_info))
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +59,15 @@ struct RerouteRequest {
     version: Option<i64>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InfoRequestBody {
+    reviewer: String,
+    /// The question sent to the customer.
+    message: String,
+    version: Option<i64>,
+}
+
 fn view(item: &ReviewItem) -> Value {
     let mut v = serde_json::to_value(item).unwrap_or_default();
     let now = Utc::now();
@@ -79,11 +89,12 @@ async fn list(
         None | Some("pending") => None,
         Some("open") => Some(ReviewState::Open),
         Some("claimed") => Some(ReviewState::Claimed),
+        Some("waiting") => Some(ReviewState::Waiting),
         Some("resolved") => Some(ReviewState::Resolved),
         Some(other) => {
             return Err(ApiError::field(
                 "state",
-                format!("`{other}` is not one of pending, open, claimed, resolved"),
+                format!("`{other}` is not one of pending, open, claimed, waiting, resolved"),
             ));
         }
     };
@@ -235,6 +246,25 @@ async fn reroute(
             &body.reviewer,
             &body.sop,
             body.intent,
+            body.version,
+        )
+        .await?;
+    Ok(Json(view(&item)))
+}
+
+async fn request_info(
+    State(state): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+    ApiJson(body, _): ApiJson<InfoRequestBody>,
+) -> Result<Json<Value>, ApiError> {
+    let item = state
+        .reviews
+        .request_info(
+            tenant.id,
+            parse_id(&id)?,
+            &body.reviewer,
+            &body.message,
             body.version,
         )
         .await?;

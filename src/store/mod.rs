@@ -199,6 +199,8 @@ pub struct Decision {
 pub enum ReviewState {
     Open,
     Claimed,
+    /// Open, but waiting for the customer to answer a reviewer's question.
+    Waiting,
     Resolved,
 }
 
@@ -207,6 +209,7 @@ impl ReviewState {
         match self {
             ReviewState::Open => "open",
             ReviewState::Claimed => "claimed",
+            ReviewState::Waiting => "waiting",
             ReviewState::Resolved => "resolved",
         }
     }
@@ -234,6 +237,8 @@ pub struct ReviewItem {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set while the item waits for the customer's answer to a reviewer's question.
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +344,17 @@ pub struct Resolution {
     pub reply_message: Option<NewMessage>,
     pub event: NewReviewEvent,
     pub feedback: NewFeedback,
+    pub now: DateTime<Utc>,
+}
+
+/// A reviewer's question to the customer: sent as a message, and the item
+/// waits (unclaimed) until the customer answers.
+#[derive(Debug, Clone)]
+pub struct InfoRequest {
+    pub review_id: Uuid,
+    pub reviewer: String,
+    pub expected_version: Option<i64>,
+    pub message: NewMessage,
     pub now: DateTime<Utc>,
 }
 
@@ -479,6 +495,9 @@ pub trait Store: Send + Sync + 'static {
     /// Reroutes an item the reviewer holds: one transaction for the item, its
     /// audit event and the feedback row labelling the message.
     async fn reroute_review(&self, tenant_id: Uuid, reroute: &Reroute) -> Result<ReviewItem>;
+    /// Sends the question, releases the claim and parks the item until the
+    /// customer's next message (which joins it and clears the wait).
+    async fn request_info(&self, tenant_id: Uuid, request: &InfoRequest) -> Result<ReviewItem>;
     async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>>;
     async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
 }

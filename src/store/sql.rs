@@ -32,7 +32,8 @@ pub(crate) fn json(value: &Value) -> Json<&Value> {
 macro_rules! review_columns {
     () => {
         "id, tenant_id, conversation_id, decision_id, state, priority, sop_ref, reasons, draft, due_at, claimed_by, \
-         lease_expires_at, resolution, final_reply, resolved_by, resolved_at, message_count, version, created_at, updated_at"
+         lease_expires_at, resolution, final_reply, resolved_by, resolved_at, message_count, version, created_at, updated_at, \
+         waiting_since"
     };
 }
 pub(crate) use review_columns;
@@ -496,7 +497,7 @@ macro_rules! impl_store {
                     ReviewPlan::Join { review_id, priority } => {
                         let joined = sqlx::query(
                             "UPDATE review_items SET message_count = message_count + 1, version = version + 1, updated_at = $1, \
-                             priority = CASE WHEN priority < $4 THEN $4 ELSE priority END \
+                             priority = CASE WHEN priority < $4 THEN $4 ELSE priority END, waiting_since = NULL \
                              WHERE id = $2 AND tenant_id = $3 AND state <> 'resolved'",
                         )
                         .bind(now)
@@ -553,7 +554,13 @@ macro_rules! impl_store {
                     ),
                     Some(ReviewState::Open) => concat!(
                         "SELECT ", review_columns!(),
-                        " FROM review_items WHERE tenant_id = $1 AND (state = 'open' OR (state = 'claimed' AND lease_expires_at < $2)) \
+                        " FROM review_items WHERE tenant_id = $1 \
+                         AND ((state = 'open' AND waiting_since IS NULL) OR (state = 'claimed' AND lease_expires_at < $2)) \
+                         ORDER BY priority DESC, due_at, created_at LIMIT $3"
+                    ),
+                    Some(ReviewState::Waiting) => concat!(
+                        "SELECT ", review_columns!(),
+                        " FROM review_items WHERE tenant_id = $1 AND state = 'open' AND waiting_since IS NOT NULL AND $2 IS NOT NULL \
                          ORDER BY priority DESC, due_at, created_at LIMIT $3"
                     ),
                     Some(ReviewState::Claimed) => concat!(
@@ -592,7 +599,7 @@ macro_rules! impl_store {
                 let open = concat!(
                     "SELECT ",
                     review_columns!(),
-                    " FROM review_items WHERE tenant_id = $1 AND state = 'open' AND $2 IS NOT NULL \
+                    " FROM review_items WHERE tenant_id = $1 AND state = 'open' AND waiting_since IS NULL AND $2 IS NOT NULL \
                      ORDER BY priority DESC, due_at, created_at LIMIT 1 ",
                     $skip_locked
                 );
@@ -723,6 +730,32 @@ macro_rules! impl_store {
                 insert_feedback(&mut tx, tenant_id, &item, &r.feedback, &r.action, r.final_reply.as_deref(), &r.reviewer, r.now).await?;
                 tx.commit().await?;
                 Ok(resolved)
+            }
+
+            async fn request_info(&self, tenant_id: Uuid, r: &InfoRequest) -> Result<ReviewItem> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let item = lock_review(&mut tx, tenant_id, r.review_id).await?;
+                check_held(&item, &r.reviewer, r.now, r.expected_version)?;
+                let sql = concat!(
+                    "UPDATE review_items SET state = 'open', claimed_by = NULL, lease_expires_at = NULL, waiting_since = $1, \
+                     version = version + 1, updated_at = $1 WHERE id = $2 RETURNING ",
+                    review_columns!()
+                );
+                let waiting = sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(r.now)
+                    .bind(r.review_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                insert_message(&mut tx, tenant_id, item.conversation_id, &r.message).await?;
+                sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+                    .bind(r.now)
+                    .bind(item.conversation_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let data = serde_json::json!({ "message_id": r.message.id, "question": r.message.body, "version": item.version });
+                insert_event(&mut tx, tenant_id, r.review_id, &r.reviewer, "info_requested", &data, r.now).await?;
+                tx.commit().await?;
+                Ok(waiting)
             }
 
             async fn reroute_review(&self, tenant_id: Uuid, r: &Reroute) -> Result<ReviewItem> {
