@@ -240,6 +240,27 @@ impl ReviewService {
 }
 
 impl ReviewService {
+    /// Assigns an item to a named reviewer, who then holds it with a fresh
+    /// lease (taking it from whoever held it). For the console this is an
+    /// admin action; over the tenant API key anyone with the key may do it.
+    pub async fn assign(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        actor: &str,
+        assignee: &str,
+    ) -> Result<ReviewItem, ReviewError> {
+        let actor = validate_reviewer(actor)?;
+        let claim = self.claim(assignee).map_err(|_| ReviewError::Invalid {
+            field: "assignee",
+            message: "must be a non-empty name of at most 200 characters".into(),
+        })?;
+        Ok(self
+            .store
+            .assign_review(tenant_id, id, &actor, &claim)
+            .await?)
+    }
+
     /// Asks the customer for more information: the question goes to the
     /// conversation, the reviewer's claim ends and the item waits, out of
     /// claim-next, until the customer's next message joins it.

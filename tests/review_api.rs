@@ -561,3 +561,70 @@ async fn asking_the_customer_parks_the_item_until_they_answer() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_item_can_be_assigned_to_a_named_reviewer() {
+    let app = spawn_app().await;
+    let case = queue_case(&app, "cust-a").await;
+    let id = case["review_id"].as_str().unwrap();
+    app.post(
+        &format!("/v1/reviews/{id}/claim"),
+        &json!({ "reviewer": "alice" }),
+    )
+    .await;
+    let assign = |body: Value| {
+        let app = &app;
+        async move { app.post(&format!("/v1/reviews/{id}/assign"), &body).await }
+    };
+    let body = problem(
+        assign(json!({ "reviewer": "lead", "assignee": " " })).await,
+        422,
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "assignee");
+    let item: Value = assign(json!({ "reviewer": "lead", "assignee": "bob" }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (item["state"].as_str(), item["claimed_by"].as_str()),
+        (Some("claimed"), Some("bob"))
+    );
+    // Alice lost it; Bob can resolve it.
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/resolve"),
+            &json!({ "reviewer": "alice", "action": "reject", "reason": "dup" }),
+        )
+        .await;
+    problem(r, 409).await;
+    let r = app
+        .post(
+            &format!("/v1/reviews/{id}/resolve"),
+            &json!({ "reviewer": "bob", "action": "reject", "reason": "duplicate" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let events: Value = app
+        .get(&format!("/v1/reviews/{id}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let assigned = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "assigned")
+        .unwrap()
+        .clone();
+    assert_eq!(assigned["actor"], "lead");
+    assert_eq!(assigned["data"]["previous"], "alice");
+    assert_eq!(assigned["data"]["to"], "bob");
+    problem(
+        assign(json!({ "reviewer": "lead", "assignee": "carol" })).await,
+        409,
+    )
+    .await;
+}

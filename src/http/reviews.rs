@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reviews/{id}/resolve", post(resolve))
         .route("/v1/reviews/{id}/reroute", post(reroute))
         .route("/v1/reviews/{id}/request-info", post(request_info))
+        .route("/v1/reviews/{id}/assign", post(assign))
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +58,15 @@ struct RerouteRequest {
     /// The message's intent among that SOP's intents (needed when it has several).
     intent: Option<String>,
     version: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignRequest {
+    /// Who assigns (recorded in the audit trail).
+    reviewer: String,
+    /// Who gets the item.
+    assignee: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +277,19 @@ async fn request_info(
             &body.message,
             body.version,
         )
+        .await?;
+    Ok(Json(view(&item)))
+}
+
+async fn assign(
+    State(state): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+    ApiJson(body, _): ApiJson<AssignRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let item = state
+        .reviews
+        .assign(tenant.id, parse_id(&id)?, &body.reviewer, &body.assignee)
         .await?;
     Ok(Json(view(&item)))
 }

@@ -498,6 +498,15 @@ pub trait Store: Send + Sync + 'static {
     /// Sends the question, releases the claim and parks the item until the
     /// customer's next message (which joins it and clears the wait).
     async fn request_info(&self, tenant_id: Uuid, request: &InfoRequest) -> Result<ReviewItem>;
+    /// Gives an unresolved item to `claim.reviewer`, whoever holds it now;
+    /// `actor` (who assigned it) is recorded in the audit trail.
+    async fn assign_review(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        actor: &str,
+        claim: &Claim,
+    ) -> Result<ReviewItem>;
     async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>>;
     async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
 }

@@ -732,6 +732,36 @@ macro_rules! impl_store {
                 Ok(resolved)
             }
 
+            async fn assign_review(&self, tenant_id: Uuid, id: Uuid, actor: &str, claim: &Claim) -> Result<ReviewItem> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let item = lock_review(&mut tx, tenant_id, id).await?;
+                if item.state == "resolved" {
+                    return Err(StoreError::Conflict("the item is already resolved".into()));
+                }
+                let sql = concat!(
+                    "UPDATE review_items SET state = 'claimed', claimed_by = $1, lease_expires_at = $2, version = version + 1, \
+                     updated_at = $3 WHERE id = $4 RETURNING ",
+                    review_columns!()
+                );
+                let assigned = sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(&claim.reviewer)
+                    .bind(claim.lease_until)
+                    .bind(claim.now)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let previous = (item.state == "claimed").then_some(item.claimed_by.as_deref()).flatten();
+                let data = serde_json::json!({
+                    "to": claim.reviewer,
+                    "previous": previous,
+                    "lease_expires_at": claim.lease_until,
+                    "version": assigned.version,
+                });
+                insert_event(&mut tx, tenant_id, id, actor, "assigned", &data, claim.now).await?;
+                tx.commit().await?;
+                Ok(assigned)
+            }
+
             async fn request_info(&self, tenant_id: Uuid, r: &InfoRequest) -> Result<ReviewItem> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 let item = lock_review(&mut tx, tenant_id, r.review_id).await?;
