@@ -112,31 +112,23 @@ fn users_add_hashes_the_password_from_stdin_and_refuses_mistakes() {
     assert!(out.starts_with("ana@example.com\tadmin\t"), "{out}");
     assert_eq!(out.lines().count(), 1);
 
-    let (ok, _, err) = run_with_stdin(
-        &url,
-        &[
-            "users",
-            "set-password",
-            "--tenant",
-            "acme",
-            "--email",
-            "ANA@example.com",
-        ],
-        "a brand new password\n",
-    );
+    let set_password = |email: &str| {
+        run_with_stdin(
+            &url,
+            &[
+                "users",
+                "set-password",
+                "--tenant",
+                "acme",
+                "--email",
+                email,
+            ],
+            "a brand new password\n",
+        )
+    };
+    let (ok, _, err) = set_password("ANA@example.com");
     assert!(ok, "{err}");
-    let (ok, _, err) = run_with_stdin(
-        &url,
-        &[
-            "users",
-            "set-password",
-            "--tenant",
-            "acme",
-            "--email",
-            "zed@example.com",
-        ],
-        "a brand new password\n",
-    );
+    let (ok, _, err) = set_password("zed@example.com");
     assert!(!ok && err.contains("has no user zed@example.com"), "{err}");
 }
 

@@ -19,6 +19,21 @@ async fn queue_case(app: &support::TestApp, customer: &str) -> Value {
     out
 }
 
+/// The item's audit trail, oldest first.
+async fn events(app: &support::TestApp, id: &str) -> Vec<Value> {
+    let body: Value = app
+        .get(&format!("/v1/reviews/{id}/events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    body["events"].as_array().unwrap().clone()
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
 #[tokio::test]
 async fn a_reviewer_claims_edits_and_the_customer_gets_the_reply() {
     let app = spawn_app().await;
@@ -121,20 +136,9 @@ async fn a_reviewer_claims_edits_and_the_customer_gets_the_reply() {
     assert!(conv["open_review_id"].is_null());
 
     // Audit trail and feedback row.
-    let events: Value = app
-        .get(&format!("/v1/reviews/{review_id}/events"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["created", "claimed", "resolved.edit"]);
-    let edit = &events["events"][2];
+    let events = events(&app, review_id).await;
+    assert_eq!(kinds(&events), ["created", "claimed", "resolved.edit"]);
+    let edit = &events[2];
     assert_eq!(edit["actor"], "alice");
     assert_eq!(edit["data"]["after"], reply);
     assert!(edit["data"]["before"].is_string());
@@ -404,15 +408,8 @@ async fn reroute_redrafts_under_another_sop_and_labels_the_message() {
         assert_eq!(item["claimed_by"], "alice");
         assert_eq!(item["version"], claimed["version"].as_i64().unwrap() + 1);
 
-        let events: Value = app
-            .get(&format!("/v1/reviews/{id}/events"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let rerouted = events["events"]
-            .as_array()
-            .unwrap()
+        let trail = events(&app, id).await;
+        let rerouted = trail
             .iter()
             .find(|e| e["kind"] == "rerouted")
             .expect("rerouted event");
@@ -536,20 +533,9 @@ async fn asking_the_customer_parks_the_item_until_they_answer() {
             .unwrap();
         assert_eq!(next["id"], id, "{label}");
         assert!(next["waiting_since"].is_null());
-        let events: Value = app
-            .get(&format!("/v1/reviews/{id}/events"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let kinds: Vec<&str> = events["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap())
-            .collect();
+        let trail = events(&app, id).await;
         assert_eq!(
-            kinds,
+            kinds(&trail),
             [
                 "created",
                 "claimed",
@@ -606,15 +592,8 @@ async fn an_item_can_be_assigned_to_a_named_reviewer() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let events: Value = app
-        .get(&format!("/v1/reviews/{id}/events"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let assigned = events["events"]
-        .as_array()
-        .unwrap()
+    let trail = events(&app, id).await;
+    let assigned = trail
         .iter()
         .find(|e| e["kind"] == "assigned")
         .unwrap()
