@@ -599,13 +599,25 @@ impl LlmConfig {
             if p.model.trim().is_empty() {
                 return invalid(key("model"), "must not be empty".into());
             }
-            if let Some(var) = &p.api_key_env
-                && std::env::var(var).map_or(true, |v| v.trim().is_empty())
-            {
-                return invalid(
-                    key("api_key_env"),
-                    format!("environment variable `{var}` is not set"),
-                );
+            if let Some(var) = &p.api_key_env {
+                let value = std::env::var(var).unwrap_or_default();
+                let value = value.trim();
+                if value.is_empty() {
+                    return invalid(
+                        key("api_key_env"),
+                        format!("environment variable `{var}` is not set"),
+                    );
+                }
+                // It goes into an HTTP header: a stray control character would
+                // fail every call. The value itself is never printed.
+                if !value.chars().all(|c| c.is_ascii_graphic()) {
+                    return invalid(
+                        key("api_key_env"),
+                        format!(
+                            "environment variable `{var}` holds characters an API key cannot have"
+                        ),
+                    );
+                }
             }
             if p.max_concurrency == 0 {
                 return invalid(key("max_concurrency"), "must be positive".into());
@@ -926,6 +938,35 @@ mod tests {
             assert_eq!(
                 serde_json::to_value(&loaded).unwrap(),
                 serde_json::to_value(Config::default()).unwrap()
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn api_keys_are_trimmed_and_must_fit_in_a_header() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SOPR_TEST_KEY_OK", "  sk-test-123\n");
+            jail.set_env("SOPR_TEST_KEY_BROKEN", "sk-test\n123");
+            let mut config = Config::default();
+            config.llm.providers = vec![ProviderConfig {
+                name: "a".into(),
+                base_url: "http://127.0.0.1:1/v1".into(),
+                model: "m".into(),
+                api_key_env: Some("SOPR_TEST_KEY_OK".into()),
+                max_concurrency: 4,
+                timeout_ms: 1000,
+                price_input_per_1k: 0.0,
+                price_output_per_1k: 0.0,
+                output_mode: OutputMode::JsonSchema,
+            }];
+            config.validate().map_err(|e| e.to_string())?;
+            config.llm.providers[0].api_key_env = Some("SOPR_TEST_KEY_BROKEN".into());
+            let err = config.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("llm.providers[0].api_key_env") && !err.contains("sk-test"),
+                "{err}"
             );
             Ok(())
         });

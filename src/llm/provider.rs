@@ -236,6 +236,7 @@ impl Provider {
             .api_key_env
             .as_deref()
             .and_then(|var| std::env::var(var).ok())
+            .map(|key| key.trim().to_string())
             .unwrap_or_default();
         let openai = OpenAIConfig::new()
             .with_api_base(config.base_url.trim_end_matches('/'))
