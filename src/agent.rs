@@ -216,10 +216,6 @@ impl LlmAgent {
         })
     }
 
-    pub fn llm(&self) -> &Arc<Llm> {
-        &self.llm
-    }
-
     /// Whether this SOP drafts with a model.
     pub fn handles(&self, sop: &Sop) -> bool {
         self.schemas.contains_key(&sop.reference())

@@ -304,11 +304,6 @@ impl Pipeline {
         self.handle_streaming(tenant, inbound, None).await
     }
 
-    /// Whether an LLM drafts this message's reply, so that streaming it makes sense.
-    pub fn streams(&self) -> bool {
-        self.llm.is_some()
-    }
-
     /// As [`Pipeline::handle`]; with `deltas`, an LLM reply is also sent piece
     /// by piece as it is written. The returned outcome is what counts: a
     /// streamed reply may still end in review (say, invalid output).

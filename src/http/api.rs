@@ -16,6 +16,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -174,74 +175,72 @@ async fn get_conversation(
     })))
 }
 
-/// What the streaming task sends to the SSE response.
-enum StreamItem {
-    Delta(String),
-    Done(Box<Result<(crate::pipeline::Outcome, bool), ApiError>>),
-}
-
 /// Aborts the message's task when the SSE response is dropped (client gone).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
 
+/// Runs the message in a task that sends reply pieces over a channel; the
+/// stream relays them as `delta` events until the task ends (dropping its
+/// sender), then sends its result as the `outcome` or `error` event.
 fn stream_message(state: AppState, tenant: crate::store::Tenant, inbound: Inbound) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<StreamItem>();
-    let (delta_tx, mut delta_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let forward = tx.clone();
+    let (deltas, received) = tokio::sync::mpsc::unbounded_channel::<String>();
     let task = tokio::spawn(async move {
-        let work = state
+        state
             .pipeline
-            .handle_streaming(&tenant, &inbound, Some(&delta_tx));
-        tokio::pin!(work);
-        // Forward deltas while the pipeline runs; then what is left, then the outcome.
-        let result = loop {
-            tokio::select! {
-                biased;
-                Some(text) = delta_rx.recv() => {
-                    let _ = forward.send(StreamItem::Delta(text));
-                }
-                result = &mut work => break result,
+            .handle_streaming(&tenant, &inbound, Some(&deltas))
+            .await
+    });
+    let events =
+        futures::stream::unfold(Some((received, AbortOnDrop(task))), |running| async move {
+            let (mut received, mut task) = running?;
+            if let Some(text) = received.recv().await {
+                let event = Event::default()
+                    .event("delta")
+                    .json_data(json!({ "text": text }));
+                return Some((event, Some((received, task))));
             }
-        };
-        while let Ok(text) = delta_rx.try_recv() {
-            let _ = forward.send(StreamItem::Delta(text));
-        }
-        let _ = forward.send(StreamItem::Done(Box::new(result.map_err(ApiError::from))));
-    });
-    drop(tx);
-    let guard = AbortOnDrop(task);
-    let events = futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        let event = match rx.recv().await? {
-            StreamItem::Delta(text) => Event::default()
-                .event("delta")
-                .json_data(json!({ "text": text })),
-            StreamItem::Done(done) => match *done {
-                Ok((outcome, replayed)) => {
-                    let mut body = serde_json::to_value(&outcome).unwrap_or_default();
-                    body["replayed"] = json!(replayed);
-                    Event::default().event("outcome").json_data(body)
-                }
-                Err(err) => {
-                    let response = err.into_response();
-                    let status = response.status().as_u16();
-                    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
-                        .await
-                        .unwrap_or_default();
-                    let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                    body["status"] = json!(status);
-                    Event::default().event("error").json_data(body)
-                }
-            },
-        };
-        let event = event.unwrap_or_else(|_| Event::default().event("error").data("{}"));
-        Some((Ok::<_, std::convert::Infallible>(event), (rx, guard)))
-    });
+            let result = match (&mut task.0).await {
+                Ok(result) => result.map_err(ApiError::from),
+                Err(err) => Err(ApiError::Internal(anyhow::anyhow!(
+                    "message task failed: {err}"
+                ))),
+            };
+            Some((final_event(result).await, None))
+        })
+        .map(|event| {
+            Ok::<_, std::convert::Infallible>(
+                event.unwrap_or_else(|_| Event::default().event("error").data("{}")),
+            )
+        });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The last event of a stream: the outcome, or the problem+json body of the error.
+async fn final_event(
+    result: Result<(crate::pipeline::Outcome, bool), ApiError>,
+) -> Result<Event, axum::Error> {
+    match result {
+        Ok((outcome, replayed)) => {
+            let mut body = serde_json::to_value(&outcome).unwrap_or_default();
+            body["replayed"] = json!(replayed);
+            Event::default().event("outcome").json_data(body)
+        }
+        Err(err) => {
+            let response = err.into_response();
+            let status = response.status().as_u16();
+            let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let mut body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            body["status"] = json!(status);
+            Event::default().event("error").json_data(body)
+        }
+    }
 }
