@@ -943,6 +943,20 @@ mod tests {
         });
     }
 
+    fn test_provider() -> ProviderConfig {
+        ProviderConfig {
+            name: "a".into(),
+            base_url: "http://127.0.0.1:1/v1".into(),
+            model: "m".into(),
+            api_key_env: None,
+            max_concurrency: 4,
+            timeout_ms: 1000,
+            price_input_per_1k: 0.0,
+            price_output_per_1k: 0.0,
+            output_mode: OutputMode::JsonSchema,
+        }
+    }
+
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn api_keys_are_trimmed_and_must_fit_in_a_header() {
@@ -951,15 +965,8 @@ mod tests {
             jail.set_env("SOPR_TEST_KEY_BROKEN", "sk-test\n123");
             let mut config = Config::default();
             config.llm.providers = vec![ProviderConfig {
-                name: "a".into(),
-                base_url: "http://127.0.0.1:1/v1".into(),
-                model: "m".into(),
                 api_key_env: Some("SOPR_TEST_KEY_OK".into()),
-                max_concurrency: 4,
-                timeout_ms: 1000,
-                price_input_per_1k: 0.0,
-                price_output_per_1k: 0.0,
-                output_mode: OutputMode::JsonSchema,
+                ..test_provider()
             }];
             config.validate().map_err(|e| e.to_string())?;
             config.llm.providers[0].api_key_env = Some("SOPR_TEST_KEY_BROKEN".into());
@@ -974,17 +981,7 @@ mod tests {
 
     #[test]
     fn llm_settings_name_the_key_at_fault() {
-        let provider = ProviderConfig {
-            name: "a".into(),
-            base_url: "http://127.0.0.1:1/v1".into(),
-            model: "m".into(),
-            api_key_env: None,
-            max_concurrency: 4,
-            timeout_ms: 1000,
-            price_input_per_1k: 0.0,
-            price_output_per_1k: 0.0,
-            output_mode: OutputMode::JsonSchema,
-        };
+        let provider = test_provider();
         type Breaks = Box<dyn Fn(&mut LlmConfig)>;
         let cases: Vec<(&str, Breaks)> = vec![
             (
