@@ -14,8 +14,12 @@ pub enum State {
     Open {
         until: Instant,
     },
-    /// One trial call is in flight; others are refused until it ends.
-    HalfOpen,
+    /// One trial call is in flight since then; others are refused until it
+    /// ends, or until `open_for` has passed (a trial that was cancelled — a
+    /// race loser, a client gone — never reports back).
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -46,10 +50,14 @@ impl Breaker {
         match *state {
             State::Closed { .. } => true,
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen;
+                *state = State::HalfOpen { since: now };
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
+            State::HalfOpen { since } if now >= since + self.open_for => {
+                *state = State::HalfOpen { since: now };
+                true
+            }
+            State::Open { .. } | State::HalfOpen { .. } => false,
         }
     }
 
@@ -73,7 +81,7 @@ impl Breaker {
     pub fn gauge(&self) -> f64 {
         match *self.lock() {
             State::Closed { .. } => 0.0,
-            State::HalfOpen => 1.0,
+            State::HalfOpen { .. } => 1.0,
             State::Open { .. } => 2.0,
         }
     }
@@ -109,6 +117,21 @@ mod tests {
         breaker.success();
         assert_eq!(breaker.state(), State::Closed { failures: 0 });
         assert!(breaker.allow(again));
+    }
+
+    #[test]
+    fn a_trial_that_never_reports_back_does_not_close_the_provider_for_good() {
+        let breaker = Breaker::new(1, Duration::from_secs(10));
+        let t0 = Instant::now();
+        breaker.failure(t0);
+        let trial = t0 + Duration::from_secs(10);
+        assert!(breaker.allow(trial));
+        // The trial was cancelled: no success, no failure.
+        assert!(!breaker.allow(trial + Duration::from_secs(9)));
+        assert!(
+            breaker.allow(trial + Duration::from_secs(10)),
+            "another trial"
+        );
     }
 
     #[test]
