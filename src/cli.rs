@@ -169,7 +169,8 @@ pub enum UsersCommand {
         #[arg(long, value_name = "NAME")]
         tenant: String,
     },
-    /// Set a new password for a user; read like `users add`.
+    /// Set a new password for a user; read like `users add`. Clears a sign-in lockout and signs
+    /// the user out of every console session.
     SetPassword {
         /// Tenant name
         #[arg(long, value_name = "NAME")]
@@ -556,6 +557,8 @@ async fn users(config: Config, command: UsersCommand) -> anyhow::Result<ExitCode
                 password_hash,
                 created_at: chrono::Utc::now(),
                 disabled_at: None,
+                failed_logins: 0,
+                locked_until: None,
             };
             match store.create_user(&user).await {
                 Err(crate::store::StoreError::Conflict(_)) => {
@@ -593,7 +596,10 @@ async fn users(config: Config, command: UsersCommand) -> anyhow::Result<ExitCode
                 "tenant `{}` has no user {email}",
                 tenant.name
             );
-            eprintln!("password of {email} changed");
+            if let Some(user) = store.user_by_email(tenant.id, &email).await? {
+                store.delete_user_sessions(user.id).await?;
+            }
+            eprintln!("password of {email} changed; their console sessions ended");
         }
     }
     Ok(ExitCode::SUCCESS)

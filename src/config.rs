@@ -25,6 +25,7 @@ pub struct Config {
     pub screen: ScreenConfig,
     pub messages: MessagesConfig,
     pub review: ReviewConfig,
+    pub console: ConsoleConfig,
     pub bootstrap: BootstrapConfig,
     pub log: LogConfig,
     pub llm: LlmConfig,
@@ -119,6 +120,35 @@ pub struct ReviewConfig {
     /// item gets the highest of its SOP's priority and its flags'. Entries in
     /// the file add to (or override) the defaults.
     pub flag_priority: BTreeMap<String, crate::sop::Priority>,
+}
+
+/// The reviewer console under `/console`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console. The JSON API works either way.
+    pub enabled: bool,
+    /// How long a sign-in lasts, in hours.
+    pub session_hours: u32,
+    /// When session cookies get the `Secure` attribute.
+    pub secure_cookies: SecureCookies,
+    /// Failed sign-ins in a row after which an account is locked.
+    pub lockout_after: u32,
+    /// First lock, in seconds; each further failure doubles it, up to `lockout_max_secs`.
+    pub lockout_secs: u64,
+    pub lockout_max_secs: u64,
+    /// How often an open console page checks the queue for changes, in milliseconds.
+    pub live_poll_ms: u64,
+}
+
+/// `auto`: `Secure` when the request came over HTTPS (a TLS proxy in front
+/// sets `X-Forwarded-Proto: https`); `always` / `never` force it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureCookies {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -335,6 +365,15 @@ impl Default for Config {
                 .map(|(flag, p)| (flag.to_string(), p))
                 .collect(),
             },
+            console: ConsoleConfig {
+                enabled: true,
+                session_hours: 12,
+                secure_cookies: SecureCookies::Auto,
+                lockout_after: 5,
+                lockout_secs: 30,
+                lockout_max_secs: 900,
+                live_poll_ms: 1000,
+            },
             bootstrap: BootstrapConfig {
                 demo_tenant: "demo".into(),
             },
@@ -390,6 +429,7 @@ impl_default_from_config!(
     ScreenConfig => screen,
     MessagesConfig => messages,
     ReviewConfig => review,
+    ConsoleConfig => console,
     BootstrapConfig => bootstrap,
     LogConfig => log,
     LlmConfig => llm,
@@ -530,6 +570,23 @@ impl Config {
         }
         if self.review.default_sla_minutes == 0 {
             return invalid("review.default_sla_minutes", "must be positive".into());
+        }
+        if !(1..=24 * 30).contains(&self.console.session_hours) {
+            return invalid("console.session_hours", "must be from 1 to 720".into());
+        }
+        if self.console.lockout_after == 0 {
+            return invalid("console.lockout_after", "must be positive".into());
+        }
+        if self.console.lockout_secs == 0
+            || self.console.lockout_max_secs < self.console.lockout_secs
+        {
+            return invalid(
+                "console.lockout_secs",
+                "must be positive and at most console.lockout_max_secs".into(),
+            );
+        }
+        if !(100..=60_000).contains(&self.console.live_poll_ms) {
+            return invalid("console.live_poll_ms", "must be from 100 to 60000".into());
         }
         for flag in self.review.flag_priority.keys() {
             if !crate::routing::screen::is_valid_flag_pattern(flag) {

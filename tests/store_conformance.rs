@@ -168,6 +168,8 @@ async fn users_are_unique_per_tenant_by_email() {
             password_hash: "$argon2id$v=19$stub".into(),
             created_at: Utc::now(),
             disabled_at: None,
+            failed_logins: 0,
+            locked_until: None,
         };
         store
             .create_user(&user(&acme, "bea@example.com", "reviewer"))

@@ -26,6 +26,7 @@ use crate::store::Store;
 
 mod api;
 mod auth;
+pub mod console;
 pub mod error;
 mod reviews;
 
@@ -55,9 +56,12 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_body = state.config.server.max_body_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
-    Router::new()
-        .merge(api::router())
-        .merge(reviews::router())
+    let console_enabled = state.config.console.enabled;
+    let mut router = Router::new().merge(api::router()).merge(reviews::router());
+    if console_enabled {
+        router = router.merge(console::router());
+    }
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

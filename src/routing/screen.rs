@@ -448,6 +448,23 @@ fn overlaps(spans: &[Range<usize>], start: usize, end: usize) -> bool {
 
 fn pii_flags(text: &str) -> Vec<Flag> {
     let mut flags = Vec::new();
+    for (name, range) in pii_spans(text) {
+        let s = &text[range];
+        let evidence = match name {
+            "pii.iban" => mask_iban(s),
+            "pii.national_id" => mask_national_id(s),
+            "pii.email" => mask_email(s),
+            _ => mask_digits(s),
+        };
+        add_flag(&mut flags, name, evidence);
+    }
+    flags
+}
+
+/// Every PII match in `text` that raises a flag, with its flag name, in flag
+/// order (cards, IBANs, national ids, emails, phones), each kind by position.
+/// The console uses the spans to highlight what fired.
+pub fn pii_spans(text: &str) -> Vec<(&'static str, Range<usize>)> {
     // Most specific first: IBAN digits can look like a card or a phone number,
     // and an SSN like a phone number; a span claimed once is not reused.
     let ibans = find_ibans(text);
@@ -472,34 +489,22 @@ fn pii_flags(text: &str) -> Vec<Flag> {
     let ids = find_national_ids(text, &taken, &phones);
     taken.extend(ids.iter().cloned());
 
-    if let Some(r) = cards.first() {
-        add_flag(&mut flags, "pii.card_number", mask_digits(&text[r.clone()]));
-    }
-    if let Some(r) = ibans.first() {
-        add_flag(&mut flags, "pii.iban", mask_iban(&text[r.clone()]));
-    }
-    if let Some(r) = ids.first() {
-        add_flag(
-            &mut flags,
-            "pii.national_id",
-            mask_national_id(&text[r.clone()]),
-        );
-    }
-    if let Some(m) = EMAIL.find(text) {
-        add_flag(&mut flags, "pii.email", mask_email(m.as_str()));
-    }
-    for r in &phones {
+    let mut spans: Vec<(&'static str, Range<usize>)> = Vec::new();
+    spans.extend(cards.into_iter().map(|r| ("pii.card_number", r)));
+    spans.extend(ibans.into_iter().map(|r| ("pii.iban", r)));
+    spans.extend(ids.into_iter().map(|r| ("pii.national_id", r)));
+    spans.extend(EMAIL.find_iter(text).map(|m| ("pii.email", m.range())));
+    for r in phones {
         let s = &text[r.clone()];
         let digits = s.bytes().filter(u8::is_ascii_digit).count();
         if !overlaps(&taken, r.start, r.end)
             && (8..=15).contains(&digits)
             && !looks_like_amount_or_date(s)
         {
-            add_flag(&mut flags, "pii.phone", mask_digits(s));
-            break;
+            spans.push(("pii.phone", r));
         }
     }
-    flags
+    spans
 }
 
 /// Spans of checksum-valid IBANs.

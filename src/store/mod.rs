@@ -105,6 +105,10 @@ pub struct User {
     pub password_hash: String,
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Failed sign-ins in a row since the last successful one.
+    pub failed_logins: i32,
+    /// Sign-ins are refused until then.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
@@ -332,6 +336,84 @@ pub struct ReviewFilter {
     pub limit: i64,
 }
 
+/// A console session to store: the cookie's token is kept only as a hash.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub token_hash: String,
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub csrf_token: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A live console session and the (enabled) user it belongs to.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub csrf_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What the console's queue page asks for. Unset fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct QueueQuery {
+    /// `None`: every unresolved item.
+    pub state: Option<ReviewState>,
+    /// Items governed by one of these SOP ids (any version).
+    pub sop_ids: Option<Vec<String>>,
+    pub priority: Option<i32>,
+    /// Only items past their SLA due time.
+    pub breached: bool,
+    /// Only items this reviewer holds with a live lease.
+    pub claimed_by: Option<String>,
+    /// Only items whose decision raised this flag.
+    pub flag: Option<String>,
+    pub limit: i64,
+}
+
+/// A queue row: the item with the decision fields the queue shows.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct QueueRow {
+    #[sqlx(flatten)]
+    pub item: ReviewItem,
+    pub intent: Option<String>,
+    pub confidence: f64,
+    pub flags: sqlx::types::Json<Value>,
+    /// The customer message that opened the item.
+    pub message: String,
+}
+
+/// Sizes of a tenant's queue.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct QueueCounts {
+    pub open: i64,
+    pub claimed: i64,
+    pub waiting: i64,
+    pub breached: i64,
+    pub mine: i64,
+}
+
+/// One review item's timeline, for the dashboard.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReviewTimeline {
+    pub sop_ref: Option<String>,
+    pub state: String,
+    pub resolution: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub first_claimed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// How many decisions of one SOP version had one outcome.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutcomeCount {
+    pub sop_ref: Option<String>,
+    pub outcome: String,
+    pub count: i64,
+}
+
 /// A reviewer's final action on an item, with everything it writes.
 #[derive(Debug, Clone)]
 pub struct Resolution {
@@ -425,6 +507,29 @@ pub trait Store: Send + Sync + 'static {
         password_hash: &str,
     ) -> Result<bool>;
 
+    async fn user_by_id(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<User>>;
+    /// Disables (`Some(now)`) or re-enables (`None`) an account; false when there is no such user.
+    async fn set_user_disabled(
+        &self,
+        tenant_id: Uuid,
+        email: &str,
+        disabled_at: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+    /// Counts a failed sign-in and returns how many failed in a row.
+    async fn record_failed_login(&self, user_id: Uuid) -> Result<i32>;
+    async fn lock_user(&self, user_id: Uuid, until: DateTime<Utc>) -> Result<()>;
+    /// A successful sign-in: the failure count and any lock are cleared.
+    async fn clear_failed_logins(&self, user_id: Uuid) -> Result<()>;
+
+    // --- console sessions -------------------------------------------------
+    async fn create_session(&self, session: &NewSession) -> Result<()>;
+    /// The unexpired session with this token hash, if its user is enabled.
+    async fn session(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<Session>>;
+    async fn delete_session(&self, token_hash: &str) -> Result<()>;
+    /// Ends every session of a user (on disable or password change).
+    async fn delete_user_sessions(&self, user_id: Uuid) -> Result<()>;
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
+
     // --- SOP versions -----------------------------------------------------
     /// Records the loaded SOP versions; already-known (id, version, hash) rows are kept.
     async fn record_sop_versions(&self, versions: &[SopVersionRecord]) -> Result<()>;
@@ -508,6 +613,43 @@ pub trait Store: Send + Sync + 'static {
         claim: &Claim,
     ) -> Result<ReviewItem>;
     async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>>;
+
+    // --- console views ----------------------------------------------------
+    /// Unresolved items with their decision's route and flags, most urgent first.
+    async fn list_queue(
+        &self,
+        tenant_id: Uuid,
+        query: &QueueQuery,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<QueueRow>>;
+    async fn queue_counts(
+        &self,
+        tenant_id: Uuid,
+        reviewer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<QueueCounts>;
+    /// When the tenant's queue last changed (any item created or updated).
+    async fn queue_changed_at(&self, tenant_id: Uuid) -> Result<Option<DateTime<Utc>>>;
+    /// Resolved items, newest first, whose reply, resolver, SOP or customer
+    /// messages contain `text` (case-insensitive); all of them when it is empty.
+    async fn search_resolved(
+        &self,
+        tenant_id: Uuid,
+        text: &str,
+        limit: i64,
+    ) -> Result<Vec<ReviewItem>>;
+    /// Items created since `since` or still unresolved, with first claim times.
+    async fn review_timelines(
+        &self,
+        tenant_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ReviewTimeline>>;
+    /// Decisions since `since`, counted per SOP version and outcome.
+    async fn decision_outcomes(
+        &self,
+        tenant_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<OutcomeCount>>;
     async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
 }
 

@@ -24,6 +24,18 @@ pub(crate) fn conflict_name(err: &dyn sqlx::error::DatabaseError) -> String {
     }
 }
 
+/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
+pub(crate) fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub(crate) fn json(value: &Value) -> Json<&Value> {
     Json(value)
 }
@@ -40,7 +52,7 @@ pub(crate) use review_columns;
 
 macro_rules! impl_store {
     ($store:ty, $db:ty, backend = $backend:expr, skip_locked = $skip_locked:literal, for_update = $for_update:literal) => {
-        use $crate::store::sql::{conflict_name, json, review_columns};
+        use $crate::store::sql::{conflict_name, json, like_escape, review_columns};
         use sqlx::types::Json;
         use $crate::store::*;
 
@@ -274,7 +286,7 @@ macro_rules! impl_store {
 
             async fn user_by_email(&self, tenant_id: Uuid, email: &str) -> Result<Option<User>> {
                 Ok(sqlx::query_as::<_, User>(
-                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at FROM users \
+                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at, failed_logins, locked_until FROM users \
                      WHERE tenant_id = $1 AND email = $2",
                 )
                 .bind(tenant_id)
@@ -285,7 +297,7 @@ macro_rules! impl_store {
 
             async fn list_users(&self, tenant_id: Uuid) -> Result<Vec<User>> {
                 Ok(sqlx::query_as::<_, User>(
-                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at FROM users \
+                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at, failed_logins, locked_until FROM users \
                      WHERE tenant_id = $1 ORDER BY email",
                 )
                 .bind(tenant_id)
@@ -294,7 +306,7 @@ macro_rules! impl_store {
             }
 
             async fn set_user_password(&self, tenant_id: Uuid, email: &str, password_hash: &str) -> Result<bool> {
-                Ok(sqlx::query("UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND email = $2")
+                Ok(sqlx::query("UPDATE users SET password_hash = $3, failed_logins = 0, locked_until = NULL WHERE tenant_id = $1 AND email = $2")
                     .bind(tenant_id)
                     .bind(email)
                     .bind(password_hash)
@@ -302,6 +314,115 @@ macro_rules! impl_store {
                     .await?
                     .rows_affected()
                     == 1)
+            }
+
+            async fn user_by_id(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<User>> {
+                Ok(sqlx::query_as::<_, User>(
+                    "SELECT id, tenant_id, email, role, password_hash, created_at, disabled_at, failed_logins, locked_until FROM users \
+                     WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn set_user_disabled(&self, tenant_id: Uuid, email: &str, disabled_at: Option<DateTime<Utc>>) -> Result<bool> {
+                Ok(sqlx::query("UPDATE users SET disabled_at = $3 WHERE tenant_id = $1 AND email = $2")
+                    .bind(tenant_id)
+                    .bind(email)
+                    .bind(disabled_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            async fn record_failed_login(&self, user_id: Uuid) -> Result<i32> {
+                Ok(sqlx::query_scalar::<_, i32>(
+                    "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
+                )
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn lock_user(&self, user_id: Uuid, until: DateTime<Utc>) -> Result<()> {
+                sqlx::query("UPDATE users SET locked_until = $2 WHERE id = $1")
+                    .bind(user_id)
+                    .bind(until)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn clear_failed_logins(&self, user_id: Uuid) -> Result<()> {
+                sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1 AND (failed_logins <> 0 OR locked_until IS NOT NULL)")
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn create_session(&self, session: &NewSession) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO console_sessions (token_hash, tenant_id, user_id, csrf_token, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&session.token_hash)
+                .bind(session.tenant_id)
+                .bind(session.user_id)
+                .bind(&session.csrf_token)
+                .bind(session.created_at)
+                .bind(session.expires_at)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn session(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<Session>> {
+                #[derive(sqlx::FromRow)]
+                struct Row {
+                    #[sqlx(flatten)]
+                    user: User,
+                    csrf_token: String,
+                    expires_at: DateTime<Utc>,
+                }
+                let row = sqlx::query_as::<_, Row>(
+                    "SELECT u.id, u.tenant_id, u.email, u.role, u.password_hash, u.created_at, u.disabled_at, u.failed_logins, \
+                     u.locked_until, s.csrf_token, s.expires_at FROM console_sessions s JOIN users u ON u.id = s.user_id \
+                     WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled_at IS NULL",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|r| Session { user: r.user, csrf_token: r.csrf_token, expires_at: r.expires_at }))
+            }
+
+            async fn delete_session(&self, token_hash: &str) -> Result<()> {
+                sqlx::query("DELETE FROM console_sessions WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_user_sessions(&self, user_id: Uuid) -> Result<()> {
+                sqlx::query("DELETE FROM console_sessions WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
             }
 
             async fn tenant_for_key(&self, key_hash: &str) -> Result<Option<Tenant>> {
@@ -819,6 +940,132 @@ macro_rules! impl_store {
                 )
                 .bind(tenant_id)
                 .bind(review_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn list_queue(&self, tenant_id: Uuid, q: &QueueQuery, now: DateTime<Utc>) -> Result<Vec<QueueRow>> {
+                let mut sql = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT r.id, r.tenant_id, r.conversation_id, r.decision_id, r.state, r.priority, r.sop_ref, r.reasons, r.draft, \
+                     r.due_at, r.claimed_by, r.lease_expires_at, r.resolution, r.final_reply, r.resolved_by, r.resolved_at, \
+                     r.message_count, r.version, r.created_at, r.updated_at, r.waiting_since, d.intent, d.confidence, d.flags, \
+                     m.body AS message FROM review_items r JOIN decisions d ON d.id = r.decision_id \
+                     JOIN messages m ON m.id = d.message_id WHERE r.tenant_id = ",
+                );
+                sql.push_bind(tenant_id);
+                match q.state {
+                    None => sql.push(" AND r.state <> 'resolved'"),
+                    Some(ReviewState::Open) => sql
+                        .push(" AND ((r.state = 'open' AND r.waiting_since IS NULL) OR (r.state = 'claimed' AND r.lease_expires_at < ")
+                        .push_bind(now)
+                        .push("))"),
+                    Some(ReviewState::Waiting) => sql.push(" AND r.state = 'open' AND r.waiting_since IS NOT NULL"),
+                    Some(ReviewState::Claimed) => sql
+                        .push(" AND r.state = 'claimed' AND r.lease_expires_at >= ")
+                        .push_bind(now),
+                    Some(ReviewState::Resolved) => sql.push(" AND r.state = 'resolved'"),
+                };
+                if let Some(ids) = &q.sop_ids {
+                    if ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    sql.push(" AND (");
+                    for (i, id) in ids.iter().enumerate() {
+                        if i > 0 {
+                            sql.push(" OR ");
+                        }
+                        sql.push("r.sop_ref LIKE ").push_bind(format!("{}@%", like_escape(id))).push(" ESCAPE '\\'");
+                    }
+                    sql.push(")");
+                }
+                if let Some(priority) = q.priority {
+                    sql.push(" AND r.priority = ").push_bind(priority);
+                }
+                if q.breached {
+                    sql.push(" AND r.due_at < ").push_bind(now);
+                }
+                if let Some(reviewer) = &q.claimed_by {
+                    sql.push(" AND r.state = 'claimed' AND r.claimed_by = ")
+                        .push_bind(reviewer.clone())
+                        .push(" AND r.lease_expires_at >= ")
+                        .push_bind(now);
+                }
+                if let Some(flag) = &q.flag {
+                    // Flags are stored as [{"name": ..., "evidence": ...}]; the
+                    // quoted name matches in either backend's JSON text.
+                    sql.push(" AND CAST(d.flags AS TEXT) LIKE ")
+                        .push_bind(format!("%\"{}\"%", like_escape(flag)))
+                        .push(" ESCAPE '\\'");
+                }
+                sql.push(" ORDER BY r.priority DESC, r.due_at, r.created_at LIMIT ").push_bind(q.limit);
+                Ok(sql.build_query_as::<QueueRow>().fetch_all(&self.pool).await?)
+            }
+
+            async fn queue_counts(&self, tenant_id: Uuid, reviewer: &str, now: DateTime<Utc>) -> Result<QueueCounts> {
+                Ok(sqlx::query_as::<_, QueueCounts>(
+                    "SELECT \
+                     COALESCE(SUM(CASE WHEN (state = 'open' AND waiting_since IS NULL) OR (state = 'claimed' AND lease_expires_at < $2) THEN 1 ELSE 0 END), 0) AS open, \
+                     COALESCE(SUM(CASE WHEN state = 'claimed' AND lease_expires_at >= $2 THEN 1 ELSE 0 END), 0) AS claimed, \
+                     COALESCE(SUM(CASE WHEN state = 'open' AND waiting_since IS NOT NULL THEN 1 ELSE 0 END), 0) AS waiting, \
+                     COALESCE(SUM(CASE WHEN due_at < $2 THEN 1 ELSE 0 END), 0) AS breached, \
+                     COALESCE(SUM(CASE WHEN state = 'claimed' AND claimed_by = $3 AND lease_expires_at >= $2 THEN 1 ELSE 0 END), 0) AS mine \
+                     FROM review_items WHERE tenant_id = $1 AND state <> 'resolved'",
+                )
+                .bind(tenant_id)
+                .bind(now)
+                .bind(reviewer)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn queue_changed_at(&self, tenant_id: Uuid) -> Result<Option<DateTime<Utc>>> {
+                Ok(sqlx::query_scalar::<_, DateTime<Utc>>(
+                    "SELECT updated_at FROM review_items WHERE tenant_id = $1 ORDER BY updated_at DESC LIMIT 1",
+                )
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn search_resolved(&self, tenant_id: Uuid, text: &str, limit: i64) -> Result<Vec<ReviewItem>> {
+                let pattern = format!("%{}%", like_escape(&text.trim().to_lowercase()));
+                let sql = concat!(
+                    "SELECT ", review_columns!(),
+                    " FROM review_items r WHERE r.tenant_id = $1 AND r.state = 'resolved' AND ($2 = '%%' \
+                     OR LOWER(COALESCE(r.final_reply, '')) LIKE $2 ESCAPE '\\' \
+                     OR LOWER(COALESCE(r.resolved_by, '')) LIKE $2 ESCAPE '\\' \
+                     OR LOWER(COALESCE(r.sop_ref, '')) LIKE $2 ESCAPE '\\' \
+                     OR EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = r.conversation_id AND LOWER(m.body) LIKE $2 ESCAPE '\\')) \
+                     ORDER BY r.resolved_at DESC LIMIT $3"
+                );
+                Ok(sqlx::query_as::<_, ReviewItem>(sql)
+                    .bind(tenant_id)
+                    .bind(pattern)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn review_timelines(&self, tenant_id: Uuid, since: DateTime<Utc>) -> Result<Vec<ReviewTimeline>> {
+                Ok(sqlx::query_as::<_, ReviewTimeline>(
+                    "SELECT r.sop_ref, r.state, r.resolution, r.created_at, r.due_at, r.resolved_at, \
+                     (SELECT MIN(e.created_at) FROM review_events e WHERE e.review_id = r.id AND e.kind IN ('claimed', 'assigned')) \
+                     AS first_claimed_at FROM review_items r WHERE r.tenant_id = $1 AND (r.created_at >= $2 OR r.state <> 'resolved') \
+                     ORDER BY r.created_at LIMIT 200000",
+                )
+                .bind(tenant_id)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn decision_outcomes(&self, tenant_id: Uuid, since: DateTime<Utc>) -> Result<Vec<OutcomeCount>> {
+                Ok(sqlx::query_as::<_, OutcomeCount>(
+                    "SELECT sop_ref, outcome, COUNT(*) AS count FROM decisions WHERE tenant_id = $1 AND created_at >= $2 \
+                     GROUP BY sop_ref, outcome ORDER BY sop_ref, outcome",
+                )
+                .bind(tenant_id)
+                .bind(since)
                 .fetch_all(&self.pool)
                 .await?)
             }

@@ -3,6 +3,7 @@
 //! (each test gets its own throw-away database, dropped afterwards).
 #![allow(dead_code)]
 
+pub mod console;
 pub mod llm_server;
 
 use std::path::PathBuf;

@@ -1,0 +1,340 @@
+//! The dashboard: how the queue and the SOPs are doing over a window of days.
+//! Queue depth over time, SLA breaches, escalation rate and reviewer override
+//! rate per SOP version, and median times to first claim and to resolution,
+//! as inline SVG charts (see `charts`) with the numbers beside them.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::charts::{self, Bar, Format, Series};
+use super::session::ConsoleUser;
+use super::{Page, format_duration_secs, message_page, render};
+use crate::http::AppState;
+use crate::store::{OutcomeCount, ReviewTimeline};
+
+/// Points on the queue-depth line.
+const DEPTH_POINTS: i64 = 48;
+
+#[derive(Debug, Deserialize)]
+pub struct DashboardQuery {
+    days: Option<i64>,
+}
+
+/// `card-delivery@2#abc…` → `card-delivery@2`: versions are what people compare.
+fn version_label(sop_ref: Option<&str>) -> String {
+    match sop_ref {
+        Some(r) => r.split('#').next().unwrap_or(r).to_string(),
+        None => "(no SOP)".into(),
+    }
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+/// Items waiting at `t`: created by then and not yet resolved.
+fn depth_at(items: &[ReviewTimeline], t: DateTime<Utc>) -> usize {
+    items
+        .iter()
+        .filter(|i| i.created_at <= t && i.resolved_at.is_none_or(|r| r > t))
+        .count()
+}
+
+fn breached(item: &ReviewTimeline, now: DateTime<Utc>) -> bool {
+    match item.resolved_at {
+        Some(resolved) => resolved > item.due_at,
+        None => item.due_at < now,
+    }
+}
+
+/// Everything the page shows, computed from the rows; separate from the
+/// handler so that it can be tested without a database.
+pub fn summarise(
+    items: &[ReviewTimeline],
+    outcomes: &[OutcomeCount],
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
+    let window = now - since;
+    let step = window / i32::try_from(DEPTH_POINTS).unwrap_or(48);
+    let depth: Vec<(f64, f64)> = (0..=DEPTH_POINTS)
+        .map(|i| {
+            let t = since + step * i32::try_from(i).unwrap_or(0);
+            let hours_ago = (now - t).num_minutes() as f64 / 60.0;
+            (-hours_ago, depth_at(items, t) as f64)
+        })
+        .collect();
+    let hours = window.num_hours().max(1) as f64;
+    let ticks: Vec<(f64, String)> = (0..=4)
+        .map(|i| {
+            let h = hours * f64::from(4 - i) / 4.0;
+            let label = if h == 0.0 {
+                "now".to_string()
+            } else if hours > 48.0 {
+                format!("-{:.0} d", h / 24.0)
+            } else {
+                format!("-{h:.0} h")
+            };
+            (-h, label)
+        })
+        .collect();
+    let depth_chart = charts::line_chart(
+        "Items waiting for a reviewer",
+        &ticks,
+        &[Series {
+            label: "waiting".into(),
+            points: depth,
+        }],
+        Format::Count,
+    );
+
+    // Per SOP version: escalation rate from decisions, the rest from items.
+    #[derive(Default)]
+    struct PerSop {
+        decisions: i64,
+        escalated: i64,
+        resolved: i64,
+        overridden: i64,
+        breached: i64,
+        items: i64,
+        to_claim: Vec<f64>,
+        to_resolve: Vec<f64>,
+    }
+    let mut per: BTreeMap<String, PerSop> = BTreeMap::new();
+    for o in outcomes {
+        let entry = per.entry(version_label(o.sop_ref.as_deref())).or_default();
+        entry.decisions += o.count;
+        if o.outcome != "answered" {
+            entry.escalated += o.count;
+        }
+    }
+    let (mut to_claim, mut to_resolve) = (Vec::new(), Vec::new());
+    let (mut breaches, mut in_window) = (0, 0);
+    for item in items.iter().filter(|i| i.created_at >= since) {
+        in_window += 1;
+        let entry = per
+            .entry(version_label(item.sop_ref.as_deref()))
+            .or_default();
+        entry.items += 1;
+        if breached(item, now) {
+            breaches += 1;
+            entry.breached += 1;
+        }
+        if let Some(claimed) = item.first_claimed_at {
+            let mins = (claimed - item.created_at).num_seconds() as f64 / 60.0;
+            to_claim.push(mins);
+            entry.to_claim.push(mins);
+        }
+        if let Some(resolved) = item.resolved_at {
+            let mins = (resolved - item.created_at).num_seconds() as f64 / 60.0;
+            to_resolve.push(mins);
+            entry.to_resolve.push(mins);
+            entry.resolved += 1;
+            if matches!(item.resolution.as_deref(), Some("edit" | "reject")) {
+                entry.overridden += 1;
+            }
+        }
+    }
+    let open_breached = items
+        .iter()
+        .filter(|i| i.resolved_at.is_none() && i.due_at < now)
+        .count();
+    let rate = |part: i64, whole: i64| {
+        if whole > 0 {
+            part as f64 / whole as f64
+        } else {
+            0.0
+        }
+    };
+    let escalation: Vec<Bar> = per
+        .iter()
+        .filter(|(_, p)| p.decisions > 0)
+        .map(|(label, p)| Bar {
+            label: label.clone(),
+            value: rate(p.escalated, p.decisions),
+            note: Some(format!("{} of {}", p.escalated, p.decisions)),
+        })
+        .collect();
+    let overrides: Vec<Bar> = per
+        .iter()
+        .filter(|(_, p)| p.resolved > 0)
+        .map(|(label, p)| Bar {
+            label: label.clone(),
+            value: rate(p.overridden, p.resolved),
+            note: Some(format!("{} of {}", p.overridden, p.resolved)),
+        })
+        .collect();
+    let sla: Vec<Bar> = per
+        .iter()
+        .filter(|(_, p)| p.items > 0)
+        .map(|(label, p)| Bar {
+            label: label.clone(),
+            value: rate(p.breached, p.items),
+            note: Some(format!("{} of {}", p.breached, p.items)),
+        })
+        .collect();
+    let mut resolve_bars: Vec<Bar> = Vec::new();
+    for (label, p) in per.iter_mut() {
+        if let Some(m) = median(&mut p.to_resolve) {
+            let claim = median(&mut p.to_claim)
+                .map(|c| format!("claimed after {}", format_duration_secs((c * 60.0) as i64)));
+            resolve_bars.push(Bar {
+                label: label.clone(),
+                value: m,
+                note: claim,
+            });
+        }
+    }
+    let minutes = |m: Option<f64>| {
+        m.map_or_else(
+            || "–".to_string(),
+            |m| format_duration_secs((m * 60.0).round() as i64),
+        )
+    };
+    json!({
+        "depth_chart": depth_chart,
+        "escalation_chart": charts::bar_chart("Escalation rate per SOP version", &escalation, Some(1.0), Format::Percent),
+        "override_chart": charts::bar_chart("Reviewer override rate per SOP version (edited or rejected)", &overrides, Some(1.0), Format::Percent),
+        "sla_chart": charts::bar_chart("SLA breaches per SOP version", &sla, Some(1.0), Format::Percent),
+        "resolve_chart": charts::bar_chart("Median time to resolution per SOP version", &resolve_bars, None, Format::Minutes),
+        "waiting_now": depth_at(items, now),
+        "items": in_window,
+        "breaches": breaches,
+        "open_breached": open_breached,
+        "median_to_claim": minutes(median(&mut to_claim)),
+        "median_to_resolve": minutes(median(&mut to_resolve)),
+        "decisions": outcomes.iter().map(|o| o.count).sum::<i64>(),
+        "escalated": outcomes.iter().filter(|o| o.outcome != "answered").map(|o| o.count).sum::<i64>(),
+    })
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Query(query): Query<DashboardQuery>,
+) -> Response {
+    let days = query.days.unwrap_or(7).clamp(1, 90);
+    let now = Utc::now();
+    let since = now - Duration::days(days);
+    let tenant = user.tenant_id();
+    let data = async {
+        let items = state.store.review_timelines(tenant, since).await?;
+        let outcomes = state.store.decision_outcomes(tenant, since).await?;
+        Ok::<_, crate::store::StoreError>((items, outcomes))
+    }
+    .await;
+    let (items, outcomes) = match data {
+        Ok(data) => data,
+        Err(err) => {
+            tracing::error!(error = %err, "dashboard query failed");
+            return message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &user,
+                "Unavailable",
+                "The database did not answer.",
+            );
+        }
+    };
+    let mut page = Page::for_user("Dashboard", &user, "dashboard");
+    page.insert("days", &days);
+    page.insert("day_choices", &[1, 7, 30, 90]);
+    page.insert("stats", &summarise(&items, &outcomes, since, now));
+    render("dashboard.html", &page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(
+        sop: &str,
+        created_mins_ago: i64,
+        claimed_after: Option<i64>,
+        resolved_after: Option<i64>,
+        resolution: Option<&str>,
+        sla_mins: i64,
+        now: DateTime<Utc>,
+    ) -> ReviewTimeline {
+        let created = now - Duration::minutes(created_mins_ago);
+        ReviewTimeline {
+            sop_ref: Some(format!("{sop}#abcdef012345")),
+            state: if resolved_after.is_some() {
+                "resolved".into()
+            } else {
+                "open".into()
+            },
+            resolution: resolution.map(String::from),
+            created_at: created,
+            due_at: created + Duration::minutes(sla_mins),
+            first_claimed_at: claimed_after.map(|m| created + Duration::minutes(m)),
+            resolved_at: resolved_after.map(|m| created + Duration::minutes(m)),
+        }
+    }
+
+    #[test]
+    fn rates_and_medians_per_sop_version() {
+        let now = Utc::now();
+        let since = now - Duration::days(1);
+        let items = vec![
+            item("a@1", 120, Some(2), Some(10), Some("approve"), 60, now),
+            item("a@1", 100, Some(4), Some(90), Some("edit"), 60, now),
+            item("b@2", 30, None, None, None, 10, now),
+        ];
+        let outcomes = vec![
+            OutcomeCount {
+                sop_ref: Some("a@1#abcdef012345".into()),
+                outcome: "answered".into(),
+                count: 8,
+            },
+            OutcomeCount {
+                sop_ref: Some("a@1#abcdef012345".into()),
+                outcome: "queued".into(),
+                count: 2,
+            },
+        ];
+        let s = summarise(&items, &outcomes, since, now);
+        assert_eq!(s["items"], 3);
+        assert_eq!(s["breaches"], 2, "one resolved late, one open past due");
+        assert_eq!(s["open_breached"], 1);
+        assert_eq!(s["waiting_now"], 1);
+        assert_eq!(s["median_to_claim"], "3 min");
+        assert_eq!(s["median_to_resolve"], "50 min");
+        let escalation = s["escalation_chart"].as_str().unwrap();
+        assert!(
+            escalation.contains("a@1") && escalation.contains("20%"),
+            "{escalation}"
+        );
+        let overrides = s["override_chart"].as_str().unwrap();
+        assert!(
+            overrides.contains("50%") && overrides.contains("1 of 2"),
+            "{overrides}"
+        );
+    }
+
+    #[test]
+    fn depth_counts_what_was_waiting_at_each_time() {
+        let now = Utc::now();
+        let items = vec![
+            item("a@1", 120, None, Some(60), Some("approve"), 600, now),
+            item("a@1", 30, None, None, None, 600, now),
+        ];
+        assert_eq!(depth_at(&items, now - Duration::minutes(90)), 1);
+        assert_eq!(depth_at(&items, now - Duration::minutes(45)), 0);
+        assert_eq!(depth_at(&items, now), 1);
+    }
+}
