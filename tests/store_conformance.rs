@@ -156,6 +156,133 @@ async fn tenants_and_api_keys() {
 }
 
 #[tokio::test]
+async fn console_sessions_expire_end_with_the_user_and_count_failed_sign_ins() {
+    for db in databases().await {
+        let label = db.label();
+        let store = store_for(&db).await;
+        let acme = tenant(store.as_ref()).await;
+        let user = User {
+            id: Uuid::now_v7(),
+            tenant_id: acme.id,
+            email: "bea@example.com".into(),
+            role: "reviewer".into(),
+            password_hash: "$argon2id$v=19$stub".into(),
+            created_at: Utc::now(),
+            disabled_at: None,
+            failed_logins: 0,
+            locked_until: None,
+        };
+        store.create_user(&user).await.unwrap();
+        let now = Utc::now();
+        let session = |hash: &str, expires: chrono::DateTime<Utc>| NewSession {
+            token_hash: hash.into(),
+            tenant_id: acme.id,
+            user_id: user.id,
+            csrf_token: format!("csrf-{hash}"),
+            created_at: now,
+            expires_at: expires,
+        };
+        store
+            .create_session(&session("live", now + Duration::hours(1)))
+            .await
+            .unwrap();
+        store
+            .create_session(&session("old", now - Duration::seconds(1)))
+            .await
+            .unwrap();
+        let live = store
+            .session("live", now)
+            .await
+            .unwrap()
+            .expect("live session");
+        assert_eq!(live.user.email, "bea@example.com", "{label}");
+        assert_eq!(live.csrf_token, "csrf-live", "{label}");
+        assert!(
+            store.session("old", now).await.unwrap().is_none(),
+            "{label}: expired"
+        );
+        assert!(
+            store.session("nope", now).await.unwrap().is_none(),
+            "{label}"
+        );
+        assert_eq!(
+            store.delete_expired_sessions(now).await.unwrap(),
+            1,
+            "{label}"
+        );
+
+        // A disabled user's sessions stop working.
+        store
+            .set_user_disabled(acme.id, "bea@example.com", Some(now))
+            .await
+            .unwrap();
+        assert!(
+            store.session("live", now).await.unwrap().is_none(),
+            "{label}"
+        );
+        store
+            .set_user_disabled(acme.id, "bea@example.com", None)
+            .await
+            .unwrap();
+        assert!(
+            store.session("live", now).await.unwrap().is_some(),
+            "{label}"
+        );
+        store.delete_user_sessions(user.id).await.unwrap();
+        assert!(
+            store.session("live", now).await.unwrap().is_none(),
+            "{label}"
+        );
+
+        // Failed sign-ins count up; a lock holds until cleared.
+        assert_eq!(
+            store.record_failed_login(user.id).await.unwrap(),
+            1,
+            "{label}"
+        );
+        assert_eq!(
+            store.record_failed_login(user.id).await.unwrap(),
+            2,
+            "{label}"
+        );
+        store
+            .lock_user(user.id, now + Duration::minutes(5))
+            .await
+            .unwrap();
+        let locked = store.user_by_id(acme.id, user.id).await.unwrap().unwrap();
+        assert_eq!(locked.failed_logins, 2, "{label}");
+        assert!(locked.locked_until.is_some_and(|t| t > now), "{label}");
+        store.clear_failed_logins(user.id).await.unwrap();
+        let cleared = store
+            .user_by_email(acme.id, "bea@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (cleared.failed_logins, cleared.locked_until),
+            (0, None),
+            "{label}"
+        );
+        // A new password also clears a lock.
+        store.record_failed_login(user.id).await.unwrap();
+        store
+            .lock_user(user.id, now + Duration::minutes(5))
+            .await
+            .unwrap();
+        store
+            .set_user_password(acme.id, "bea@example.com", "new")
+            .await
+            .unwrap();
+        let reset = store.user_by_id(acme.id, user.id).await.unwrap().unwrap();
+        assert_eq!(
+            (reset.failed_logins, reset.locked_until),
+            (0, None),
+            "{label}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn users_are_unique_per_tenant_by_email() {
     for db in databases().await {
         let store = store_for(&db).await;

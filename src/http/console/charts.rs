@@ -96,7 +96,9 @@ pub fn line_chart(
     let (lo, hi) = all().fold((f64::MAX, f64::MIN), |(a, b), (x, _)| (a.min(x), b.max(x)));
     let pad = if hi > lo { 0.0 } else { 0.5 }; // a single x value sits mid-chart
     let (x0, span) = (lo - pad, hi - lo + 2.0 * pad);
-    let ymax = nice_max(all().fold(0.0, |m, (_, y)| y.max(m)));
+    // Counts get whole-number grid lines: a scale of at least 5 in 5 steps.
+    let floor = if format == Format::Count { 5.0 } else { 0.0 };
+    let ymax = nice_max(all().fold(floor, |m, (_, y)| y.max(m)));
     let top = if lines.len() > 1 { 48.0 } else { 30.0 };
     let sx = |x: f64| LEFT + (x - x0) / span * (RIGHT - LEFT);
     let sy = |y: f64| BOTTOM - y.clamp(0.0, ymax) / ymax * (BOTTOM - top);

@@ -279,7 +279,11 @@ async fn queue_page(
                 intent: row.intent.clone(),
                 confidence: format!("{:.0}%", row.confidence * 100.0),
                 flags: flag_pairs(&row.flags).into_iter().map(|(n, _)| n).collect(),
-                reasons: string_list(&item.reasons),
+                // Flags show as chips of their own.
+                reasons: string_list(&item.reasons)
+                    .into_iter()
+                    .filter(|r| !r.starts_with("flag:"))
+                    .collect(),
                 excerpt: excerpt(&visible(user, &row.message), 140),
                 due_at: item.due_at.to_rfc3339(),
                 sla: sla_label(item.due_at, now),
