@@ -535,6 +535,10 @@ impl Pipeline {
                 ReviewPlan::Join {
                     review_id: open.id,
                     priority: self.flag_priority(&flags).rank(),
+                    // The SLA stood still while the item waited for this answer.
+                    resume_due_at: open
+                        .waiting_since
+                        .map(|since| open.due_at + (now - since).max(Duration::zero())),
                 },
             )
         } else if reasons.is_empty() {

@@ -618,6 +618,7 @@ async fn other_actions_reroute_ask_and_close_from_the_console() {
     assert_eq!(location(&asked), "/console/queue?notice=waiting");
     let waiting = bea.page("/console/queue?state=waiting").await;
     assert!(waiting.contains(&id));
+    assert!(waiting.contains("SLA paused while waiting"));
 
     let other = queue_case(&app, "c2", "I want to talk to a person").await;
     let other_id = review_id(&other);

@@ -514,6 +514,8 @@ async fn asking_the_customer_parks_the_item_until_they_answer() {
             .await
             .unwrap();
         assert_eq!(waiting["items"][0]["id"], id);
+        let due_while_waiting = waiting["items"][0]["due_at"].as_str().unwrap().to_string();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
         // The answer joins the item and puts it back in the queue.
         let answer = app
@@ -533,6 +535,13 @@ async fn asking_the_customer_parks_the_item_until_they_answer() {
             .unwrap();
         assert_eq!(next["id"], id, "{label}");
         assert!(next["waiting_since"].is_null());
+        // The SLA stood still while the customer was being waited on.
+        let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        let shift = parse(next["due_at"].as_str().unwrap()) - parse(&due_while_waiting);
+        assert!(
+            shift >= chrono::Duration::milliseconds(50),
+            "{label}: due time moved by {shift}"
+        );
         let trail = events(&app, id).await;
         assert_eq!(
             kinds(&trail),

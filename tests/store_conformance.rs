@@ -552,6 +552,7 @@ async fn joining_an_open_item_appends_and_audits() {
                 review: ReviewPlan::Join {
                     review_id: review,
                     priority: 0,
+                    resume_due_at: None,
                 },
             })
             .await

@@ -82,7 +82,9 @@ fn view(item: &ReviewItem) -> Value {
     let mut v = serde_json::to_value(item).unwrap_or_default();
     let now = Utc::now();
     v["state"] = json!(effective_state(item, now));
-    v["breached"] = json!(item.state != "resolved" && item.due_at < now);
+    // The SLA is paused while the item waits for the customer.
+    v["breached"] =
+        json!(item.state != "resolved" && item.waiting_since.is_none() && item.due_at < now);
     v
 }
 

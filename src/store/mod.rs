@@ -325,6 +325,9 @@ pub enum ReviewPlan {
         review_id: Uuid,
         /// Raises the item's priority to at least this (a follow-up may be more urgent).
         priority: i32,
+        /// The item's new SLA due time, when it waited for this answer: the
+        /// SLA is paused while the customer is being waited on.
+        resume_due_at: Option<DateTime<Utc>>,
     },
 }
 

@@ -615,16 +615,18 @@ macro_rules! impl_store {
                         let data = serde_json::json!({ "decision_id": d.id, "reasons": item.reasons, "priority": item.priority });
                         insert_event(&mut tx, ex.tenant_id, item.id, "system", "created", &data, now).await?;
                     }
-                    ReviewPlan::Join { review_id, priority } => {
+                    ReviewPlan::Join { review_id, priority, resume_due_at } => {
                         let joined = sqlx::query(
                             "UPDATE review_items SET message_count = message_count + 1, version = version + 1, updated_at = $1, \
-                             priority = CASE WHEN priority < $4 THEN $4 ELSE priority END, waiting_since = NULL \
+                             priority = CASE WHEN priority < $4 THEN $4 ELSE priority END, waiting_since = NULL, \
+                             due_at = COALESCE($5, due_at) \
                              WHERE id = $2 AND tenant_id = $3 AND state <> 'resolved'",
                         )
                         .bind(now)
                         .bind(review_id)
                         .bind(ex.tenant_id)
                         .bind(priority)
+                        .bind(resume_due_at)
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?
@@ -982,7 +984,7 @@ macro_rules! impl_store {
                     sql.push(" AND r.priority = ").push_bind(priority);
                 }
                 if q.breached {
-                    sql.push(" AND r.due_at < ").push_bind(now);
+                    sql.push(" AND r.waiting_since IS NULL AND r.due_at < ").push_bind(now);
                 }
                 if let Some(reviewer) = &q.claimed_by {
                     sql.push(" AND r.state = 'claimed' AND r.claimed_by = ")
@@ -1007,7 +1009,7 @@ macro_rules! impl_store {
                      COALESCE(SUM(CASE WHEN (state = 'open' AND waiting_since IS NULL) OR (state = 'claimed' AND lease_expires_at < $2) THEN 1 ELSE 0 END), 0) AS open, \
                      COALESCE(SUM(CASE WHEN state = 'claimed' AND lease_expires_at >= $2 THEN 1 ELSE 0 END), 0) AS claimed, \
                      COALESCE(SUM(CASE WHEN state = 'open' AND waiting_since IS NOT NULL THEN 1 ELSE 0 END), 0) AS waiting, \
-                     COALESCE(SUM(CASE WHEN due_at < $2 THEN 1 ELSE 0 END), 0) AS breached, \
+                     COALESCE(SUM(CASE WHEN due_at < $2 AND waiting_since IS NULL THEN 1 ELSE 0 END), 0) AS breached, \
                      COALESCE(SUM(CASE WHEN state = 'claimed' AND claimed_by = $3 AND lease_expires_at >= $2 THEN 1 ELSE 0 END), 0) AS mine \
                      FROM review_items WHERE tenant_id = $1 AND state <> 'resolved'",
                 )

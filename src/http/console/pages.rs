@@ -192,6 +192,7 @@ struct QueueRowView {
     flags: Vec<String>,
     reasons: Vec<String>,
     excerpt: String,
+    /// Empty while the SLA is paused.
     due_at: String,
     sla: String,
     breached: bool,
@@ -285,9 +286,17 @@ async fn queue_page(
                     .filter(|r| !r.starts_with("flag:"))
                     .collect(),
                 excerpt: excerpt(&visible(user, &row.message), 140),
-                due_at: item.due_at.to_rfc3339(),
-                sla: sla_label(item.due_at, now),
-                breached: item.due_at < now,
+                due_at: if live_state == ReviewState::Waiting {
+                    String::new()
+                } else {
+                    item.due_at.to_rfc3339()
+                },
+                sla: if live_state == ReviewState::Waiting {
+                    "SLA paused while waiting".into()
+                } else {
+                    sla_label(item.due_at, now)
+                },
+                breached: live_state != ReviewState::Waiting && item.due_at < now,
                 claimed_by: (live_state == ReviewState::Claimed)
                     .then(|| item.claimed_by.clone())
                     .flatten(),
@@ -503,7 +512,7 @@ async fn item_page(
             "reasons": string_list(&item.reasons.0),
             "due_at": item.due_at.to_rfc3339(),
             "sla": sla_label(item.due_at, now),
-            "breached": item.due_at < now && item.state != "resolved",
+            "breached": item.due_at < now && item.state != "resolved" && item.waiting_since.is_none(),
             "claimed_by": (live_state == ReviewState::Claimed).then_some(item.claimed_by.as_deref()).flatten(),
             "lease_expires_at": item.lease_expires_at.map(|t| t.to_rfc3339()),
             "resolution": item.resolution,
