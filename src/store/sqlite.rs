@@ -51,6 +51,9 @@ impl SqliteStore {
     }
 }
 
+/// SQLite has no data-modifying CTEs: the portable transactions serve.
+impl super::sql::FastPaths for SqliteStore {}
+
 super::sql::impl_store!(
     SqliteStore,
     Sqlite,
