@@ -767,6 +767,7 @@ const SECTIONS: &[&str] = &[
     "screen",
     "messages",
     "review",
+    "console",
     "bootstrap",
     "log",
     "llm",

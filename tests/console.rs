@@ -277,6 +277,17 @@ async fn roles_decide_who_sees_pii_manages_users_and_reassigns() {
         )
         .await;
     assert_eq!(denied.status(), 403);
+    let to_self = rui
+        .act(
+            &format!("/console/items/{id}/assign"),
+            &[("assignee", "rui@example.com")],
+        )
+        .await;
+    assert_eq!(
+        to_self.status(),
+        403,
+        "assigning takes from others: admins only"
+    );
     let assigned = ada
         .act(
             &format!("/console/items/{id}/assign"),

@@ -407,6 +407,8 @@ pub struct ReviewTimeline {
     pub due_at: DateTime<Utc>,
     pub first_claimed_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// Set while the item waits for the customer (its SLA is paused).
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 /// How many decisions of one SOP version had one outcome.

@@ -1078,7 +1078,7 @@ macro_rules! impl_store {
 
             async fn review_timelines(&self, tenant_id: Uuid, since: DateTime<Utc>) -> Result<Vec<ReviewTimeline>> {
                 Ok(sqlx::query_as::<_, ReviewTimeline>(
-                    "SELECT r.sop_ref, r.state, r.resolution, r.created_at, r.due_at, r.resolved_at, \
+                    "SELECT r.sop_ref, r.state, r.resolution, r.created_at, r.due_at, r.resolved_at, r.waiting_since, \
                      (SELECT MIN(e.created_at) FROM review_events e WHERE e.review_id = r.id AND e.kind IN ('claimed', 'assigned')) \
                      AS first_claimed_at FROM review_items r WHERE r.tenant_id = $1 AND (r.created_at >= $2 OR r.state <> 'resolved') \
                      ORDER BY r.created_at LIMIT 200000",

@@ -58,7 +58,8 @@ fn depth_at(items: &[ReviewTimeline], t: DateTime<Utc>) -> usize {
 fn breached(item: &ReviewTimeline, now: DateTime<Utc>) -> bool {
     match item.resolved_at {
         Some(resolved) => resolved > item.due_at,
-        None => item.due_at < now,
+        // The SLA is paused while the item waits for the customer.
+        None => item.waiting_since.is_none() && item.due_at < now,
     }
 }
 
@@ -152,7 +153,7 @@ pub fn summarise(
     }
     let open_breached = items
         .iter()
-        .filter(|i| i.resolved_at.is_none() && i.due_at < now)
+        .filter(|i| i.resolved_at.is_none() && breached(i, now))
         .count();
     let rate = |part: i64, whole: i64| {
         if whole > 0 {
@@ -283,6 +284,7 @@ mod tests {
             due_at: created + Duration::minutes(sla_mins),
             first_claimed_at: claimed_after.map(|m| created + Duration::minutes(m)),
             resolved_at: resolved_after.map(|m| created + Duration::minutes(m)),
+            waiting_since: None,
         }
     }
 
@@ -312,6 +314,14 @@ mod tests {
         assert_eq!(s["breaches"], 2, "one resolved late, one open past due");
         assert_eq!(s["open_breached"], 1);
         assert_eq!(s["waiting_now"], 1);
+        // An item waiting for the customer is not breached: its SLA is paused.
+        let mut waiting = items.clone();
+        waiting[2].waiting_since = Some(now - Duration::minutes(25));
+        let s2 = summarise(&waiting, &outcomes, since, now);
+        assert_eq!(
+            (s2["breaches"].as_i64(), s2["open_breached"].as_i64()),
+            (Some(1), Some(0))
+        );
         assert_eq!(s["median_to_claim"], "3 min");
         assert_eq!(s["median_to_resolve"], "50 min");
         let escalation = s["escalation_chart"].as_str().unwrap();
