@@ -150,6 +150,7 @@ fn main() {
                                 id: Uuid::now_v7(),
                                 label_intent: Some("card_arrival".into()),
                             },
+                            notifications: Vec::new(),
                             now: Utc::now(),
                         };
                         let t = Instant::now();

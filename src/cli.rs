@@ -274,7 +274,12 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         );
     }
     tracing::info!(listen = %listener.local_addr()?, database = service.state.store.backend().as_str(), "sopr listening");
+    // Rows left undelivered at shutdown stay in the outbox for the next start.
+    let dispatcher = service.dispatcher.map(|d| tokio::spawn(d.run()));
     crate::http::serve(listener, service.state, shutdown_signal()).await?;
+    if let Some(task) = dispatcher {
+        task.abort();
+    }
     tracing::info!("sopr stopped");
     Ok(ExitCode::SUCCESS)
 }

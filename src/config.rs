@@ -26,6 +26,7 @@ pub struct Config {
     pub messages: MessagesConfig,
     pub review: ReviewConfig,
     pub console: ConsoleConfig,
+    pub notify: NotifyConfig,
     pub bootstrap: BootstrapConfig,
     pub log: LogConfig,
     pub llm: LlmConfig,
@@ -139,6 +140,60 @@ pub struct ConsoleConfig {
     pub lockout_max_secs: u64,
     /// How often an open console page checks the queue for changes, in milliseconds.
     pub live_poll_ms: u64,
+}
+
+/// Notifications: a transactional outbox delivered by a dispatcher inside
+/// `serve` (every replica runs one; rows are leased, so each goes out once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Run the dispatcher in `serve`. Rows are written either way.
+    pub dispatch: bool,
+    /// How often the dispatcher looks for due rows, in milliseconds.
+    pub poll_ms: u64,
+    /// How long a dispatcher holds a row it is delivering, in seconds; a row
+    /// whose delivery was cut short (a crash) is tried again after it.
+    pub lease_secs: u64,
+    /// Attempts before a row goes to the dead-letter state.
+    pub max_attempts: u32,
+    /// Backoff: full jitter over base × 2^attempt, capped, in milliseconds.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Base URL of the console, for links in notifications.
+    pub console_url: String,
+    pub smtp: SmtpConfig,
+    /// Chat-frontend webhooks, one per tenant.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// Email over SMTP. Off while `url` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpConfig {
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://host:465` (TLS),
+    /// `smtp://host:25` (no TLS); user and password in the URL authenticate.
+    #[serde(serialize_with = "serialize_url")]
+    pub url: SecretString,
+    /// The From header, e.g. `sopr <sopr@example.com>`.
+    pub from: String,
+    pub timeout_secs: u64,
+}
+
+/// A tenant's chat-frontend webhook, signed per the Standard Webhooks convention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Tenant name.
+    pub tenant: String,
+    pub url: String,
+    /// Environment variable holding the signing secret (`whsec_` + base64, or any string).
+    pub secret_env: String,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `auto`: `Secure` when the request came over HTTPS (a TLS proxy in front
@@ -374,6 +429,21 @@ impl Default for Config {
                 lockout_max_secs: 900,
                 live_poll_ms: 1000,
             },
+            notify: NotifyConfig {
+                dispatch: true,
+                poll_ms: 1000,
+                lease_secs: 60,
+                max_attempts: 10,
+                backoff_base_ms: 1000,
+                backoff_max_ms: 600_000,
+                console_url: "http://127.0.0.1:8080".into(),
+                smtp: SmtpConfig {
+                    url: SecretString::from(String::new()),
+                    from: "sopr <sopr@localhost>".into(),
+                    timeout_secs: 10,
+                },
+                webhooks: Vec::new(),
+            },
             bootstrap: BootstrapConfig {
                 demo_tenant: "demo".into(),
             },
@@ -430,6 +500,8 @@ impl_default_from_config!(
     MessagesConfig => messages,
     ReviewConfig => review,
     ConsoleConfig => console,
+    NotifyConfig => notify,
+    SmtpConfig => notify.smtp,
     BootstrapConfig => bootstrap,
     LogConfig => log,
     LlmConfig => llm,
@@ -437,6 +509,82 @@ impl_default_from_config!(
     BreakerConfig => llm.breaker,
     LlmClassifierConfig => llm.classifier,
 );
+
+impl NotifyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        if !(50..=60_000).contains(&self.poll_ms) {
+            return invalid("notify.poll_ms".into(), "must be from 50 to 60000".into());
+        }
+        if self.max_attempts == 0 {
+            return invalid("notify.max_attempts".into(), "must be positive".into());
+        }
+        if self.lease_secs == 0 {
+            return invalid("notify.lease_secs".into(), "must be positive".into());
+        }
+        if self.backoff_base_ms == 0 || self.backoff_max_ms < self.backoff_base_ms {
+            return invalid(
+                "notify.backoff_base_ms".into(),
+                "must be positive and at most notify.backoff_max_ms".into(),
+            );
+        }
+        if !(self.console_url.starts_with("http://") || self.console_url.starts_with("https://")) {
+            return invalid(
+                "notify.console_url".into(),
+                format!("`{}` must be an http:// or https:// URL", self.console_url),
+            );
+        }
+        let smtp = self.smtp.url.expose_secret();
+        if !smtp.is_empty() {
+            if let Err(err) = crate::notify::email::check_url(&self.smtp) {
+                return invalid("notify.smtp.url".into(), err);
+            }
+            if self.smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+                return invalid(
+                    "notify.smtp.from".into(),
+                    format!(
+                        "`{}` is not an address such as `sopr <sopr@example.com>`",
+                        self.smtp.from
+                    ),
+                );
+            }
+        }
+        if self.smtp.timeout_secs == 0
+            || (!smtp.is_empty() && self.smtp.timeout_secs >= self.lease_secs)
+        {
+            return invalid(
+                "notify.smtp.timeout_secs".into(),
+                "must be positive and shorter than notify.lease_secs".into(),
+            );
+        }
+        let mut tenants = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let key = |field: &str| format!("notify.webhooks[{i}].{field}");
+            if w.tenant.trim().is_empty() || !tenants.insert(w.tenant.as_str()) {
+                return invalid(
+                    key("tenant"),
+                    format!("`{}` must be non-empty and unique", w.tenant),
+                );
+            }
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return invalid(
+                    key("url"),
+                    format!("`{}` must be an http:// or https:// URL", w.url),
+                );
+            }
+            if let Err(message) = crate::notify::webhook::secret_from_env(&w.secret_env) {
+                return invalid(key("secret_env"), message);
+            }
+            if w.timeout_ms == 0 || w.timeout_ms >= self.lease_secs.saturating_mul(1000) {
+                return invalid(
+                    key("timeout_ms"),
+                    "must be positive and shorter than notify.lease_secs".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A setting that cannot work, with the key that holds it.
 #[derive(Debug, thiserror::Error)]
@@ -588,6 +736,7 @@ impl Config {
         if !(100..=60_000).contains(&self.console.live_poll_ms) {
             return invalid("console.live_poll_ms", "must be from 100 to 60000".into());
         }
+        self.notify.validate()?;
         for flag in self.review.flag_priority.keys() {
             if !crate::routing::screen::is_valid_flag_pattern(flag) {
                 return invalid(
@@ -768,6 +917,7 @@ const SECTIONS: &[&str] = &[
     "messages",
     "review",
     "console",
+    "notify",
     "bootstrap",
     "log",
     "llm",
@@ -834,6 +984,16 @@ fn toml_string(config: &Config) -> String {
         db.insert(
             "url".into(),
             serde_json::Value::String(config.database_url_masked()),
+        );
+    }
+    if let Some(smtp) = value
+        .get_mut("notify")
+        .and_then(|n| n.get_mut("smtp"))
+        .and_then(|s| s.as_object_mut())
+    {
+        smtp.insert(
+            "url".into(),
+            serde_json::Value::String(mask_url(config.notify.smtp.url.expose_secret())),
         );
     }
     // Show the topic lists the screen really uses, built-in ones included.
@@ -1032,6 +1192,74 @@ mod tests {
             assert!(
                 err.contains("llm.providers[0].api_key_env") && !err.contains("sk-test"),
                 "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn notify_settings_name_the_key_at_fault_and_keep_secrets() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SOPR_TEST_WHSEC", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+            let check = |edit: &dyn Fn(&mut Config)| {
+                let mut config = Config::default();
+                edit(&mut config);
+                config.validate().err().map(|e| e.to_string())
+            };
+            let hook = |secret_env: &str| WebhookConfig {
+                tenant: "demo".into(),
+                url: "https://chat.example.com/hook".into(),
+                secret_env: secret_env.into(),
+                timeout_ms: 5_000,
+            };
+            assert_eq!(
+                check(&|c| c.notify.webhooks = vec![hook("SOPR_TEST_WHSEC")]),
+                None
+            );
+            let err =
+                check(&|c| c.notify.webhooks = vec![hook("SOPR_TEST_NO_SUCH_SECRET")]).unwrap();
+            assert!(
+                err.contains("notify.webhooks[0].secret_env") && err.contains("is not set"),
+                "{err}"
+            );
+            let err = check(&|c| {
+                c.notify.webhooks = vec![hook("SOPR_TEST_WHSEC"), hook("SOPR_TEST_WHSEC")]
+            })
+            .unwrap();
+            assert!(err.contains("notify.webhooks[1].tenant"), "{err}");
+            let err = check(&|c| {
+                c.notify.webhooks = vec![WebhookConfig {
+                    timeout_ms: 60_000,
+                    ..hook("SOPR_TEST_WHSEC")
+                }]
+            })
+            .unwrap();
+            assert!(err.contains("notify.webhooks[0].timeout_ms"), "{err}");
+            let err = check(&|c| c.notify.smtp.url = "ftp://user:hunter2@mail".to_string().into())
+                .unwrap();
+            assert!(
+                err.contains("notify.smtp.url") && !err.contains("hunter2"),
+                "{err}"
+            );
+            let err = check(&|c| {
+                c.notify.smtp.url = "smtp://user:hunter2@mail.example.com:587?tls=required"
+                    .to_string()
+                    .into();
+                c.notify.smtp.from = "not an address".into();
+            })
+            .unwrap();
+            assert!(err.contains("notify.smtp.from"), "{err}");
+            let printed = {
+                let mut config = Config::default();
+                config.notify.smtp.url = "smtp://user:hunter2@mail.example.com:587"
+                    .to_string()
+                    .into();
+                toml_string(&config)
+            };
+            assert!(
+                !printed.contains("hunter2"),
+                "print-config masks the SMTP password"
             );
             Ok(())
         });

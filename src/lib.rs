@@ -8,6 +8,7 @@ pub mod config;
 pub mod http;
 pub mod keys;
 pub mod llm;
+pub mod notify;
 pub mod pipeline;
 pub mod review;
 pub mod routing;

@@ -228,6 +228,7 @@ pub struct Pipeline {
     auto_threshold: Option<f64>,
     /// LLM mode; `None` drafts from templates only.
     llm: Option<LlmAgent>,
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 /// The threshold `routing.target_accuracy` asks for, from the model's calibration.
@@ -263,6 +264,7 @@ impl Pipeline {
         classifier: Arc<Classifier>,
         config: Arc<Config>,
         llm: Option<Arc<Llm>>,
+        notifier: Arc<crate::notify::Notifier>,
     ) -> Result<Pipeline, BuildError> {
         let mut screen = Screen::from_config(&config.screen)?;
         for sop in &sops.versions {
@@ -283,6 +285,7 @@ impl Pipeline {
             screen,
             auto_threshold,
             llm,
+            notifier,
         })
     }
 
@@ -621,6 +624,40 @@ impl Pipeline {
             created_at: now,
             updated_at: now,
         });
+        let reply = reply_text.map(|body| NewMessage {
+            id: Uuid::now_v7(),
+            role: Role::Bot,
+            body,
+            metadata: None,
+            idempotency: None,
+            // Strictly after the customer's message so conversations read in order.
+            created_at: now + Duration::microseconds(1),
+        });
+        let mut notifications: Vec<_> = reply
+            .iter()
+            .filter_map(|r| {
+                self.notifier
+                    .message_created(&tenant.name, conversation_id, r, review_id)
+            })
+            .collect();
+        if let (ReviewPlan::Create(item), Some(sop)) = (&review, &sop) {
+            let summary = crate::notify::ReviewSummary {
+                review_id: item.id,
+                sop_ref: sop.reference(),
+                sop_title: sop.file.title.clone(),
+                priority: format!("{:?}", Priority::from_rank(item.priority)).to_lowercase(),
+                reasons: response.reasons.clone(),
+                flags: flags.iter().map(|f| f.name.clone()).collect(),
+                intent: intent.clone(),
+                confidence,
+                excerpt: screen::mask_pii(&inbound.text.chars().take(280).collect::<String>()),
+                due_at: item.due_at,
+            };
+            notifications.extend(
+                self.notifier
+                    .review_created(&sop.file.escalation.notify, &summary),
+            );
+        }
         let exchange = Exchange {
             tenant_id: tenant.id,
             new_conversation,
@@ -638,15 +675,8 @@ impl Pipeline {
                 created_at: now,
             },
             decision,
-            reply: reply_text.map(|body| NewMessage {
-                id: Uuid::now_v7(),
-                role: Role::Bot,
-                body,
-                metadata: None,
-                idempotency: None,
-                // Strictly after the customer's message so conversations read in order.
-                created_at: now + Duration::microseconds(1),
-            }),
+            notifications,
+            reply,
             review,
         };
         self.store.record_exchange(&exchange).await?;

@@ -74,6 +74,7 @@ pub struct ReviewService {
     sops: Arc<SopSet>,
     lease: Duration,
     default_sla: Duration,
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 /// The state a person should see: a claim whose lease ran out is open again.
@@ -87,8 +88,14 @@ pub fn effective_state(item: &ReviewItem, now: DateTime<Utc>) -> ReviewState {
 }
 
 impl ReviewService {
-    pub fn new(store: Arc<dyn Store>, sops: Arc<SopSet>, config: &ReviewConfig) -> ReviewService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sops: Arc<SopSet>,
+        config: &ReviewConfig,
+        notifier: Arc<crate::notify::Notifier>,
+    ) -> ReviewService {
         ReviewService {
+            notifier,
             store,
             sops,
             lease: Duration::seconds(i64::try_from(config.lease_secs).unwrap_or(i64::MAX / 1000)),
@@ -209,20 +216,30 @@ impl ReviewService {
         let mut event_data = event_data;
         event_data["label_intent"] = json!(label_intent);
         event_data["version"] = json!(item.version);
+        let reply_message = final_reply.clone().map(|body| NewMessage {
+            id: Uuid::now_v7(),
+            role: Role::Reviewer,
+            body,
+            metadata: Some(json!({ "review_id": id, "reviewer": reviewer })),
+            idempotency: None,
+            created_at: now,
+        });
+        let mut notifications = Vec::new();
+        if let Some(message) = &reply_message {
+            notifications.extend(
+                self.notifier
+                    .message_created_for(tenant_id, item.conversation_id, message, Some(id))
+                    .await,
+            );
+        }
         let resolution = Resolution {
             review_id: id,
             reviewer: reviewer.clone(),
             expected_version,
             action: action.name().into(),
             final_reply: final_reply.clone(),
-            reply_message: final_reply.map(|body| NewMessage {
-                id: Uuid::now_v7(),
-                role: Role::Reviewer,
-                body,
-                metadata: Some(json!({ "review_id": id, "reviewer": reviewer })),
-                idempotency: None,
-                created_at: now,
-            }),
+            reply_message,
+            notifications,
             event: NewReviewEvent {
                 id: Uuid::now_v7(),
                 actor: reviewer.clone(),
@@ -275,20 +292,32 @@ impl ReviewService {
         let reviewer = validate_reviewer(reviewer)?;
         let question = non_empty("message", question)?;
         let now = Utc::now();
+        let message = NewMessage {
+            id: Uuid::now_v7(),
+            role: Role::Reviewer,
+            body: question,
+            metadata: Some(
+                json!({ "review_id": id, "reviewer": reviewer, "kind": "info_request" }),
+            ),
+            idempotency: None,
+            created_at: now,
+        };
+        let mut notifications = Vec::new();
+        if self.notifier.has_webhooks()
+            && let Some(item) = self.store.review(tenant_id, id).await?
+        {
+            notifications.extend(
+                self.notifier
+                    .message_created_for(tenant_id, item.conversation_id, &message, Some(id))
+                    .await,
+            );
+        }
         let request = InfoRequest {
             review_id: id,
             reviewer: reviewer.clone(),
             expected_version,
-            message: NewMessage {
-                id: Uuid::now_v7(),
-                role: Role::Reviewer,
-                body: question,
-                metadata: Some(
-                    json!({ "review_id": id, "reviewer": reviewer, "kind": "info_request" }),
-                ),
-                idempotency: None,
-                created_at: now,
-            },
+            message,
+            notifications,
             now,
         };
         Ok(self.store.request_info(tenant_id, &request).await?)

@@ -17,6 +17,9 @@ use crate::store::{self, RouterModelRecord, SopVersionRecord, Store};
 
 pub struct Service {
     pub state: AppState,
+    /// Delivers the outbox; `None` when `notify.dispatch` is off. `serve`
+    /// spawns it beside the HTTP server.
+    pub dispatcher: Option<crate::notify::Dispatcher>,
     /// `(tenant, key)` when this start created the demo tenant; the key is shown once.
     pub bootstrap_key: Option<(String, String)>,
 }
@@ -63,15 +66,32 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
 
     let llm = build_llm(&config, &sops)?;
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
+    report_notify_targets(&config, &sops);
     let sops = Arc::new(sops);
+    let notifier = Arc::new(crate::notify::Notifier::new(&config.notify, store.clone()));
+    let dispatcher = if config.notify.dispatch {
+        Some(
+            crate::notify::Dispatcher::new(&config.notify, store.clone()).map_err(|err| {
+                anyhow::anyhow!("cannot build the notification dispatcher: {err}")
+            })?,
+        )
+    } else {
+        None
+    };
     let pipeline = Arc::new(Pipeline::new(
         store.clone(),
         sops.clone(),
         Arc::new(classifier),
         config.clone(),
         llm,
+        notifier.clone(),
     )?);
-    let reviews = Arc::new(ReviewService::new(store.clone(), sops, &config.review));
+    let reviews = Arc::new(ReviewService::new(
+        store.clone(),
+        sops,
+        &config.review,
+        notifier,
+    ));
     Ok(Service {
         state: AppState {
             store,
@@ -80,7 +100,32 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
             config,
         },
         bootstrap_key,
+        dispatcher,
     })
+}
+
+/// Says at start which SOP `notify` targets will not be delivered: email
+/// without `notify.smtp.url`, and Slack, which this version does not send.
+fn report_notify_targets(config: &Config, sops: &SopSet) {
+    use secrecy::ExposeSecret;
+    let targets: Vec<&str> = sops
+        .active()
+        .flat_map(|s| s.file.escalation.notify.iter().map(String::as_str))
+        .collect();
+    let email = targets.iter().filter(|t| t.starts_with("email:")).count();
+    let slack = targets.iter().filter(|t| t.starts_with("slack:")).count();
+    if email > 0 && config.notify.smtp.url.expose_secret().is_empty() {
+        tracing::info!(
+            targets = email,
+            "SOPs name email targets but notify.smtp.url is empty: no email is sent"
+        );
+    }
+    if slack > 0 {
+        tracing::warn!(
+            targets = slack,
+            "SOPs name Slack targets; this version does not deliver to Slack yet"
+        );
+    }
 }
 
 /// The LLM layer, when providers are configured. Checks that every SOP's own

@@ -112,6 +112,7 @@ async fn exchange(
             inbound,
             decision: d,
             reply: Some(message(Role::Bot, "holding", None)),
+            notifications: Vec::new(),
             review,
         })
         .await
@@ -511,6 +512,7 @@ async fn a_failed_exchange_writes_nothing() {
                 decision: decision(conv, inbound.id, "queued"),
                 inbound,
                 reply: None,
+                notifications: Vec::new(),
                 review: ReviewPlan::Create(NewReviewItem {
                     id: Uuid::now_v7(),
                     priority: 1,
@@ -549,6 +551,7 @@ async fn joining_an_open_item_appends_and_audits() {
                 decision: decision(conv, inbound.id, "joined"),
                 inbound,
                 reply: None,
+                notifications: Vec::new(),
                 review: ReviewPlan::Join {
                     review_id: review,
                     priority: 0,
@@ -596,6 +599,7 @@ async fn idempotency_keys_are_unique_per_tenant() {
                 decision: decision(conversation, inbound.id, "answered"),
                 inbound,
                 reply: None,
+                notifications: Vec::new(),
                 review: ReviewPlan::None,
             }
         };
@@ -843,7 +847,21 @@ fn resolution(id: Uuid, reviewer: &str, expected_version: Option<i64>) -> Resolu
             id: Uuid::now_v7(),
             label_intent: Some("card_delivery_estimate".into()),
         },
+        notifications: vec![notification(Some(id), None)],
         now: Utc::now(),
+    }
+}
+
+/// A webhook outbox row.
+fn notification(review_id: Option<Uuid>, dedupe_key: Option<&str>) -> NewNotification {
+    NewNotification {
+        id: Uuid::now_v7(),
+        review_id,
+        channel: "webhook".into(),
+        target: "acme".into(),
+        event: "message.created".into(),
+        payload: json!({ "type": "message.created", "data": { "body": "Here is what happened…" } }),
+        dedupe_key: dedupe_key.map(String::from),
     }
 }
 
@@ -1007,5 +1025,160 @@ async fn thirty_two_concurrent_claimers_never_share_an_item() {
             assert_eq!(kinds, ["created", "claimed", "resolved.edit"]);
             assert_eq!(store.review_feedback(t.id, *id).await.unwrap().len(), 1);
         }
+    }
+}
+
+#[tokio::test]
+async fn outbox_rows_are_written_with_what_they_announce_and_leased_once() {
+    for db in databases().await {
+        let label = db.label();
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let id = review.unwrap();
+        let now = Utc::now();
+        // A refused resolve writes no row; a resolve writes its row once.
+        assert!(
+            store
+                .resolve_review(t.id, &resolution(id, "alice", None))
+                .await
+                .is_err()
+        );
+        assert!(
+            store
+                .claim_notifications(now, now + Duration::seconds(60), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}"
+        );
+        let claim = Claim {
+            reviewer: "alice".into(),
+            now,
+            lease_until: now + Duration::minutes(5),
+        };
+        let item = store.claim_review(t.id, id, &claim).await.unwrap();
+        store
+            .resolve_review(t.id, &resolution(id, "alice", Some(item.version)))
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let leased = store
+            .claim_notifications(now, now + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1, "{label}");
+        assert_eq!(
+            (leased[0].review_id, leased[0].attempts),
+            (Some(id), 1),
+            "{label}"
+        );
+        assert_eq!(
+            leased[0].payload.0["data"]["body"], "Here is what happened…",
+            "{label}"
+        );
+        // Leased rows are not handed out again until the lease runs out.
+        assert!(
+            store
+                .claim_notifications(now, now + Duration::seconds(60), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}"
+        );
+        let later = now + Duration::seconds(61);
+        let again = store
+            .claim_notifications(later, later + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.len(), again[0].attempts),
+            (1, 2),
+            "{label}: an expired lease hands the row out again"
+        );
+
+        // Retry later, then dead, then back to pending from the console.
+        let row = again[0].id;
+        let retry_at = later + Duration::seconds(30);
+        store
+            .finish_notification(
+                row,
+                &DeliveryOutcome::Retry {
+                    at: retry_at,
+                    error: "503".into(),
+                },
+                later,
+            )
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_notifications(later, later, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}: not due yet"
+        );
+        let due = store
+            .claim_notifications(retry_at, retry_at + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(due.len(), 1, "{label}");
+        store
+            .finish_notification(
+                row,
+                &DeliveryOutcome::Dead {
+                    error: "gave up".into(),
+                },
+                retry_at,
+            )
+            .await
+            .unwrap();
+        let dead = store.list_notifications(t.id, "dead", 10).await.unwrap();
+        assert_eq!(
+            (dead.len(), dead[0].last_error.as_deref()),
+            (1, Some("gave up")),
+            "{label}"
+        );
+        assert!(
+            store.retry_notification(t.id, row, retry_at).await.unwrap(),
+            "{label}"
+        );
+        assert!(
+            !store.retry_notification(t.id, row, retry_at).await.unwrap(),
+            "{label}: only dead rows"
+        );
+        let revived = store
+            .claim_notifications(retry_at, retry_at + Duration::seconds(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            (revived.len(), revived[0].attempts),
+            (1, 1),
+            "{label}: attempts start over"
+        );
+        store
+            .finish_notification(row, &DeliveryOutcome::Delivered, retry_at)
+            .await
+            .unwrap();
+        let delivered = store
+            .list_notifications(t.id, "delivered", 10)
+            .await
+            .unwrap();
+        assert!(delivered[0].delivered_at.is_some(), "{label}");
+
+        // A step with a dedupe key is written once, whoever enqueues it.
+        let rows = [notification(Some(id), Some(&format!("sla-half:{id}")))];
+        assert_eq!(
+            store.enqueue_notifications(t.id, &rows, now).await.unwrap(),
+            1,
+            "{label}"
+        );
+        let rows = [notification(Some(id), Some(&format!("sla-half:{id}")))];
+        assert_eq!(
+            store.enqueue_notifications(t.id, &rows, now).await.unwrap(),
+            0,
+            "{label}"
+        );
     }
 }

@@ -48,6 +48,16 @@ impl Priority {
     pub fn rank(self) -> i32 {
         self as i32
     }
+
+    /// The priority a stored rank stands for (out-of-range ranks clamp).
+    pub fn from_rank(rank: i32) -> Priority {
+        match rank {
+            i32::MIN..=0 => Priority::Low,
+            1 => Priority::Normal,
+            2 => Priority::High,
+            _ => Priority::Urgent,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

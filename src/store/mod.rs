@@ -313,6 +313,8 @@ pub struct Exchange {
     pub decision: Decision,
     pub reply: Option<NewMessage>,
     pub review: ReviewPlan,
+    /// Outbox rows (the reply's webhook, the new item's alerts).
+    pub notifications: Vec<NewNotification>,
 }
 
 /// What an exchange does to the review queue.
@@ -337,6 +339,55 @@ pub struct ReviewFilter {
     /// `None` lists every unresolved item (open or claimed).
     pub state: Option<ReviewState>,
     pub limit: i64,
+}
+
+/// A notification to write to the outbox, in the transaction of what it announces.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewNotification {
+    pub id: Uuid,
+    pub review_id: Option<Uuid>,
+    /// `webhook`, `email` or `slack`.
+    pub channel: String,
+    /// Where it goes: a tenant name (webhook), an email address, a Slack channel.
+    pub target: String,
+    /// What happened, e.g. `message.created` or `review.created`.
+    pub event: String,
+    pub payload: Value,
+    /// Set for a step that must happen once; a second row with it is dropped.
+    pub dedupe_key: Option<String>,
+}
+
+/// An outbox row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Notification {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub review_id: Option<Uuid>,
+    pub channel: String,
+    pub target: String,
+    pub event: String,
+    pub payload: sqlx::types::Json<Value>,
+    pub state: String,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// How a delivery attempt ended.
+#[derive(Debug, Clone)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Try again at this time.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// Give up: the row goes to the dead-letter state.
+    Dead {
+        error: String,
+    },
 }
 
 /// A console session to store: the cookie's token is kept only as a hash.
@@ -431,6 +482,8 @@ pub struct Resolution {
     pub reply_message: Option<NewMessage>,
     pub event: NewReviewEvent,
     pub feedback: NewFeedback,
+    /// Outbox rows (the reply's webhook).
+    pub notifications: Vec<NewNotification>,
     pub now: DateTime<Utc>,
 }
 
@@ -442,6 +495,8 @@ pub struct InfoRequest {
     pub reviewer: String,
     pub expected_version: Option<i64>,
     pub message: NewMessage,
+    /// Outbox rows (the question's webhook).
+    pub notifications: Vec<NewNotification>,
     pub now: DateTime<Utc>,
 }
 
@@ -618,6 +673,44 @@ pub trait Store: Send + Sync + 'static {
         claim: &Claim,
     ) -> Result<ReviewItem>;
     async fn review_events(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<ReviewEvent>>;
+
+    // --- outbox -------------------------------------------------------------
+    /// Writes rows outside another transaction (e.g. SLA escalations); rows
+    /// whose dedupe key exists already are skipped. Returns how many went in.
+    async fn enqueue_notifications(
+        &self,
+        tenant_id: Uuid,
+        rows: &[NewNotification],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
+    /// Leases up to `limit` pending rows that are due, counting an attempt on each.
+    async fn claim_notifications(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Notification>>;
+    async fn finish_notification(
+        &self,
+        id: Uuid,
+        outcome: &DeliveryOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// A tenant's rows in one state, newest first.
+    async fn list_notifications(
+        &self,
+        tenant_id: Uuid,
+        state: &str,
+        limit: i64,
+    ) -> Result<Vec<Notification>>;
+    /// Puts a dead row back to pending, due now; false when there is no such dead row.
+    async fn retry_notification(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>>;
 
     // --- console views ----------------------------------------------------
     /// Unresolved items with their decision's route and flags, most urgent first.

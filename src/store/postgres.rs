@@ -36,9 +36,10 @@ impl PostgresStore {
 }
 
 /// Claim-next and resolve each as one statement (data-modifying CTEs): one
-/// round trip instead of five to eight, with the same locks and writes as the
-/// portable transactions. A resolve that matches no row (stale version, lost
-/// lease, unknown item) falls back to the transaction, which says why.
+/// round trip instead of five to eight, with the same locks and writes
+/// (outbox rows included) as the portable transactions. A resolve that
+/// matches no row (stale version, lost lease, unknown item) falls back to the
+/// transaction, which says why.
 #[async_trait::async_trait]
 impl super::sql::FastPaths for PostgresStore {
     async fn fast_claim_next(
@@ -121,6 +122,13 @@ impl super::sql::FastPaths for PostgresStore {
                     sop_ref, action, draft, final_reply, reviewer, created_at)
                 SELECT $15, $6, r.id, d.id, m.body, d.intent, $16, r.sop_ref, $1, r.draft, $2, $3, $4
                 FROM resolved r JOIN decisions d ON d.id = r.decision_id JOIN messages m ON m.id = d.message_id
+            ), outbox_rows AS (
+                INSERT INTO outbox (id, tenant_id, review_id, channel, target, event, payload, dedupe_key, state, attempts,
+                    next_attempt_at, created_at)
+                SELECT n.id, $6, n.review_id, n.channel, n.target, n.event, n.payload, n.dedupe_key, 'pending', 0, $4, $4
+                FROM resolved, jsonb_to_recordset($18::jsonb) AS n(id uuid, review_id uuid, channel text, target text,
+                    event text, payload jsonb, dedupe_key text)
+                ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
             )
             SELECT ",
             super::sql::review_columns!(),
@@ -149,6 +157,7 @@ impl super::sql::FastPaths for PostgresStore {
             .bind(r.feedback.id)
             .bind(&r.feedback.label_intent)
             .bind(reply.map(|m| m.role.as_str()))
+            .bind(sqlx::types::Json(&r.notifications))
             .fetch_optional(&self.pool)
             .await;
         match result {

@@ -195,6 +195,37 @@ macro_rules! impl_store {
             Ok(())
         }
 
+        /// Writes outbox rows; one whose dedupe key exists already is skipped.
+        async fn insert_notifications(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            tenant_id: Uuid,
+            rows: &[NewNotification],
+            now: DateTime<Utc>,
+        ) -> Result<u64> {
+            let mut written = 0;
+            for n in rows {
+                written += sqlx::query(
+                    "INSERT INTO outbox (id, tenant_id, review_id, channel, target, event, payload, dedupe_key, state, attempts, \
+                     next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9) \
+                     ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING",
+                )
+                .bind(n.id)
+                .bind(tenant_id)
+                .bind(n.review_id)
+                .bind(&n.channel)
+                .bind(&n.target)
+                .bind(&n.event)
+                .bind(json(&n.payload))
+                .bind(&n.dedupe_key)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+            }
+            Ok(written)
+        }
+
         async fn lock_review(tx: &mut sqlx::Transaction<'_, $db>, tenant_id: Uuid, id: Uuid) -> Result<ReviewItem> {
             let sql = concat!("SELECT ", review_columns!(), " FROM review_items WHERE tenant_id = $1 AND id = $2 ", $for_update);
             sqlx::query_as::<_, ReviewItem>(sql)
@@ -663,6 +694,7 @@ macro_rules! impl_store {
                 if let Some(reply) = &ex.reply {
                     insert_message(&mut tx, ex.tenant_id, ex.conversation_id, reply).await?;
                 }
+                insert_notifications(&mut tx, ex.tenant_id, &ex.notifications, now).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -879,6 +911,7 @@ macro_rules! impl_store {
                 }
                 insert_event(&mut tx, tenant_id, r.review_id, &r.event.actor, &r.event.kind, &r.event.data, r.now).await?;
                 insert_feedback(&mut tx, tenant_id, &item, &r.feedback, &r.action, r.final_reply.as_deref(), &r.reviewer, r.now).await?;
+                insert_notifications(&mut tx, tenant_id, &r.notifications, r.now).await?;
                 tx.commit().await?;
                 Ok(resolved)
             }
@@ -935,6 +968,7 @@ macro_rules! impl_store {
                     .await?;
                 let data = serde_json::json!({ "message_id": r.message.id, "question": r.message.body, "version": item.version });
                 insert_event(&mut tx, tenant_id, r.review_id, &r.reviewer, "info_requested", &data, r.now).await?;
+                insert_notifications(&mut tx, tenant_id, &r.notifications, r.now).await?;
                 tx.commit().await?;
                 Ok(waiting)
             }
@@ -972,6 +1006,95 @@ macro_rules! impl_store {
                 .bind(review_id)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn enqueue_notifications(&self, tenant_id: Uuid, rows: &[NewNotification], now: DateTime<Utc>) -> Result<u64> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let written = insert_notifications(&mut tx, tenant_id, rows, now).await?;
+                tx.commit().await?;
+                Ok(written)
+            }
+
+            async fn claim_notifications(&self, now: DateTime<Utc>, lease_until: DateTime<Utc>, limit: i64) -> Result<Vec<Notification>> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let sql = concat!(
+                    "UPDATE outbox SET locked_until = $2, attempts = attempts + 1 WHERE id IN (\
+                     SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1 \
+                     AND (locked_until IS NULL OR locked_until < $1) ORDER BY next_attempt_at LIMIT $3 ",
+                    $skip_locked,
+                    ") RETURNING id, tenant_id, review_id, channel, target, event, payload, state, attempts, next_attempt_at, \
+                     last_error, created_at, delivered_at"
+                );
+                let rows = sqlx::query_as::<_, Notification>(sql)
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(rows)
+            }
+
+            async fn finish_notification(&self, id: Uuid, outcome: &DeliveryOutcome, now: DateTime<Utc>) -> Result<()> {
+                let query = match outcome {
+                    DeliveryOutcome::Delivered => sqlx::query(
+                        "UPDATE outbox SET state = 'delivered', delivered_at = $2, locked_until = NULL, last_error = NULL WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(now),
+                    DeliveryOutcome::Retry { at, error } => sqlx::query(
+                        "UPDATE outbox SET next_attempt_at = $2, locked_until = NULL, last_error = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(*at)
+                    .bind(error.clone()),
+                    DeliveryOutcome::Dead { error } => sqlx::query(
+                        "UPDATE outbox SET state = 'dead', locked_until = NULL, last_error = $2 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(error.clone()),
+                };
+                let (_writer, mut tx) = self.begin_write().await?;
+                query.execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_notifications(&self, tenant_id: Uuid, state: &str, limit: i64) -> Result<Vec<Notification>> {
+                Ok(sqlx::query_as::<_, Notification>(
+                    "SELECT id, tenant_id, review_id, channel, target, event, payload, state, attempts, next_attempt_at, \
+                     last_error, created_at, delivered_at FROM outbox WHERE tenant_id = $1 AND state = $2 \
+                     ORDER BY created_at DESC LIMIT $3",
+                )
+                .bind(tenant_id)
+                .bind(state)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn retry_notification(&self, tenant_id: Uuid, id: Uuid, now: DateTime<Utc>) -> Result<bool> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let done = sqlx::query(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = $3, locked_until = NULL \
+                     WHERE tenant_id = $1 AND id = $2 AND state = 'dead'",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                Ok(done)
+            }
+
+            async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>> {
+                Ok(sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
             }
 
             async fn list_queue(&self, tenant_id: Uuid, q: &QueueQuery, now: DateTime<Utc>) -> Result<Vec<QueueRow>> {

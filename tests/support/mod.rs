@@ -5,6 +5,8 @@
 
 pub mod console;
 pub mod llm_server;
+pub mod smtp_server;
+pub mod webhook_receiver;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -153,21 +155,33 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts sopr on `db`, with a tenant and API key of its own.
 pub async fn spawn_app_on(db: TestDb, configure: impl FnOnce(&mut Config)) -> TestApp {
+    let tenant_name = format!("tenant-{}", uuid::Uuid::now_v7().simple());
+    spawn_app_for(db, &tenant_name, |config| configure(config)).await
+}
+
+/// Like `spawn_app_on`, with a tenant of this name (for settings that name it).
+pub async fn spawn_app_for(
+    db: TestDb,
+    tenant_name: &str,
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let mut config = test_config(db.url());
     configure(&mut config);
     sopr::telemetry::init(&config.log);
     let service = sopr::service::build(config).await.expect("service builds");
     let store = service.state.store.clone();
     let config = service.state.config.clone();
-    let tenant_name = format!("tenant-{}", uuid::Uuid::now_v7().simple());
-    let key = sopr::service::create_key(store.as_ref(), &tenant_name)
+    let key = sopr::service::create_key(store.as_ref(), tenant_name)
         .await
         .expect("api key");
-    let (tenant, _) = store.ensure_tenant(&tenant_name).await.expect("tenant");
+    let (tenant, _) = store.ensure_tenant(tenant_name).await.expect("tenant");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
+    if let Some(dispatcher) = service.dispatcher {
+        tokio::spawn(dispatcher.run());
+    }
     tokio::spawn(sopr::serve(listener, service.state, std::future::pending()));
     TestApp {
         base: format!("http://{addr}"),

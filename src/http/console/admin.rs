@@ -246,3 +246,114 @@ pub async fn set_user_state(
         }
     }
 }
+
+/// The outbox as admins see it: dead letters with their last error and a
+/// retry button, and the most recent deliveries.
+pub async fn notifications(State(state): State<AppState>, user: ConsoleUser) -> Response {
+    if !user.is_admin() {
+        return forbidden(&user);
+    }
+    let tenant = user.tenant_id();
+    let rows = async {
+        let dead = state.store.list_notifications(tenant, "dead", 100).await?;
+        let pending = state
+            .store
+            .list_notifications(tenant, "pending", 100)
+            .await?;
+        let delivered = state
+            .store
+            .list_notifications(tenant, "delivered", 20)
+            .await?;
+        Ok::<_, StoreError>((dead, pending, delivered))
+    }
+    .await;
+    let (dead, pending, delivered) = match rows {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot list notifications");
+            return message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &user,
+                "Unavailable",
+                "The database did not answer.",
+            );
+        }
+    };
+    let now = Utc::now();
+    let view = |rows: &[crate::store::Notification]| -> Vec<serde_json::Value> {
+        rows.iter()
+            .map(|n| {
+                json!({
+                    "id": n.id,
+                    "channel": n.channel,
+                    "target": n.target,
+                    "event": n.event,
+                    "attempts": n.attempts,
+                    "error": n.last_error,
+                    "review_id": n.review_id,
+                    "created": super::ago(n.created_at, now),
+                    "next": (n.state == "pending").then(|| super::sla_label(n.next_attempt_at, now).replace("due in", "next try in").replace("breached", "due")),
+                })
+            })
+            .collect()
+    };
+    let mut page = Page::for_user("Notifications", &user, "notifications");
+    page.insert("dead", &view(&dead));
+    page.insert("pending", &view(&pending));
+    page.insert("delivered", &view(&delivered));
+    render_status(StatusCode::OK, "notifications.html", &page)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RetryForm {
+    #[serde(default, rename = "_csrf")]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+}
+
+pub async fn retry_notification(
+    State(state): State<AppState>,
+    user: ConsoleUser,
+    Form(form): Form<RetryForm>,
+) -> Response {
+    if let Err(refused) = user.check_csrf(&form.csrf) {
+        return refused.into_response();
+    }
+    if !user.is_admin() {
+        return forbidden(&user);
+    }
+    let Ok(id) = uuid::Uuid::parse_str(form.id.trim()) else {
+        return message_page(
+            StatusCode::NOT_FOUND,
+            &user,
+            "Not found",
+            "There is no such notification.",
+        );
+    };
+    match state
+        .store
+        .retry_notification(user.tenant_id(), id, Utc::now())
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(admin = %user.reviewer(), notification = %id, "dead letter retried from the console");
+            Redirect::to("/console/notifications").into_response()
+        }
+        Ok(false) => message_page(
+            StatusCode::NOT_FOUND,
+            &user,
+            "Not found",
+            "There is no such dead letter (it may have been retried already).",
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot retry notification");
+            message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &user,
+                "Unavailable",
+                "The database did not answer; nothing changed.",
+            )
+        }
+    }
+}

@@ -72,6 +72,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "message.html",
         include_str!("../../../web/templates/message.html"),
     ),
+    (
+        "notifications.html",
+        include_str!("../../../web/templates/notifications.html"),
+    ),
 ];
 
 /// Static assets: name, content type, body.
@@ -131,6 +135,11 @@ pub fn router() -> Router<AppState> {
         .route("/console/dashboard", get(dashboard::page))
         .route("/console/users", get(admin::users).post(admin::add_user))
         .route("/console/users/state", post(admin::set_user_state))
+        .route("/console/notifications", get(admin::notifications))
+        .route(
+            "/console/notifications/retry",
+            post(admin::retry_notification),
+        )
         .route("/console/static/{file}", get(asset))
         .layer(axum::middleware::map_response(security_headers))
 }

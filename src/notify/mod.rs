@@ -1,0 +1,314 @@
+//! Notifications through a transactional outbox.
+//!
+//! What to announce is decided where it happens ([`Notifier`]: the pipeline
+//! for new review items and bot replies, the review service for reviewer
+//! replies and questions) and written as outbox rows in the same transaction
+//! as the item or message. The [`Dispatcher`], running inside every `serve`,
+//! leases due rows, delivers them (webhook, email), and marks them delivered,
+//! schedules a retry with full-jitter exponential backoff, or moves them to
+//! the dead-letter state once `notify.max_attempts` is used up or the
+//! receiver refuses for good. A row whose delivery was cut short by a crash
+//! comes due again when its lease runs out, under the same id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::config::NotifyConfig;
+use crate::store::{DeliveryOutcome, NewMessage, NewNotification, Notification, Store};
+
+pub mod email;
+pub mod webhook;
+
+/// Why a delivery failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeliveryError {
+    /// Worth retrying (network, timeout, 5xx, 429, SMTP 4xx).
+    Transient(String),
+    /// Retrying will not help (4xx, SMTP 5xx, bad address, no such target).
+    Permanent(String),
+}
+
+/// Rows leased per round.
+const BATCH: i64 = 32;
+
+/// Decides which outbox rows an event writes.
+pub struct Notifier {
+    console_url: String,
+    webhook_tenants: Vec<String>,
+    email: bool,
+    tenant_names: Mutex<HashMap<Uuid, String>>,
+    store: Arc<dyn Store>,
+}
+
+impl Notifier {
+    pub fn new(config: &NotifyConfig, store: Arc<dyn Store>) -> Notifier {
+        use secrecy::ExposeSecret;
+        Notifier {
+            console_url: config.console_url.trim_end_matches('/').to_string(),
+            webhook_tenants: config.webhooks.iter().map(|w| w.tenant.clone()).collect(),
+            email: !config.smtp.url.expose_secret().is_empty(),
+            tenant_names: Mutex::new(HashMap::new()),
+            store,
+        }
+    }
+
+    /// Whether any tenant has a chat-frontend webhook.
+    pub fn has_webhooks(&self) -> bool {
+        !self.webhook_tenants.is_empty()
+    }
+
+    /// The tenant's name, looked up once (names do not change).
+    pub async fn tenant_name(&self, tenant_id: Uuid) -> Option<String> {
+        if let Some(name) = self.tenant_names.lock().ok()?.get(&tenant_id) {
+            return Some(name.clone());
+        }
+        let tenant = self.store.tenant(tenant_id).await.ok().flatten()?;
+        if let Ok(mut names) = self.tenant_names.lock() {
+            names.insert(tenant_id, tenant.name.clone());
+        }
+        Some(tenant.name)
+    }
+
+    /// The webhook row announcing a message to the customer, when the tenant
+    /// has a webhook.
+    pub fn message_created(
+        &self,
+        tenant_name: &str,
+        conversation_id: Uuid,
+        message: &NewMessage,
+        review_id: Option<Uuid>,
+    ) -> Option<NewNotification> {
+        if !self.webhook_tenants.iter().any(|t| t == tenant_name) {
+            return None;
+        }
+        Some(NewNotification {
+            id: Uuid::now_v7(),
+            review_id,
+            channel: "webhook".into(),
+            target: tenant_name.to_string(),
+            event: "message.created".into(),
+            payload: json!({
+                "type": "message.created",
+                "timestamp": message.created_at,
+                "data": {
+                    "conversation_id": conversation_id,
+                    "message_id": message.id,
+                    "role": message.role.as_str(),
+                    "body": message.body,
+                    "review_id": review_id,
+                    "created_at": message.created_at,
+                }
+            }),
+            dedupe_key: None,
+        })
+    }
+
+    /// Same as [`Notifier::message_created`], for callers that know only the tenant id.
+    pub async fn message_created_for(
+        &self,
+        tenant_id: Uuid,
+        conversation_id: Uuid,
+        message: &NewMessage,
+        review_id: Option<Uuid>,
+    ) -> Option<NewNotification> {
+        if !self.has_webhooks() {
+            return None;
+        }
+        let name = self.tenant_name(tenant_id).await?;
+        self.message_created(&name, conversation_id, message, review_id)
+    }
+
+    /// Rows announcing a new review item to the SOP's `notify` targets.
+    /// Email targets are written when SMTP is configured; Slack targets are
+    /// not delivered by this version.
+    pub fn review_created(
+        &self,
+        targets: &[String],
+        review: &ReviewSummary,
+    ) -> Vec<NewNotification> {
+        let payload = json!({
+            "subject": format!("[sopr] {} priority: {}", review.priority, review.sop_title),
+            "review_id": review.review_id,
+            "sop_ref": review.sop_ref,
+            "sop_title": review.sop_title,
+            "priority": review.priority,
+            "reasons": review.reasons,
+            "flags": review.flags,
+            "intent": review.intent,
+            "confidence": format!("{:.0}%", review.confidence * 100.0),
+            "excerpt": review.excerpt,
+            "due_at": review.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            "link": format!("{}/console/items/{}", self.console_url, review.review_id),
+        });
+        targets
+            .iter()
+            .filter_map(|t| t.strip_prefix("email:"))
+            .filter(|_| self.email)
+            .map(|address| NewNotification {
+                id: Uuid::now_v7(),
+                review_id: Some(review.review_id),
+                channel: "email".into(),
+                target: address.trim().to_string(),
+                event: "review.created".into(),
+                payload: payload.clone(),
+                dedupe_key: None,
+            })
+            .collect()
+    }
+}
+
+/// What a new-item notification says. `excerpt` must already be masked.
+pub struct ReviewSummary {
+    pub review_id: Uuid,
+    pub sop_ref: String,
+    pub sop_title: String,
+    pub priority: String,
+    pub reasons: Vec<String>,
+    pub flags: Vec<String>,
+    pub intent: String,
+    pub confidence: f64,
+    pub excerpt: String,
+    pub due_at: DateTime<Utc>,
+}
+
+/// Delivers outbox rows.
+pub struct Dispatcher {
+    store: Arc<dyn Store>,
+    webhooks: webhook::Webhooks,
+    mailer: Option<email::Mailer>,
+    config: NotifyConfig,
+}
+
+impl Dispatcher {
+    pub fn new(config: &NotifyConfig, store: Arc<dyn Store>) -> Result<Dispatcher, String> {
+        Ok(Dispatcher {
+            store,
+            webhooks: webhook::Webhooks::new(&config.webhooks),
+            mailer: email::Mailer::new(&config.smtp)?,
+            config: config.clone(),
+        })
+    }
+
+    /// Runs until the task is dropped, one round every `notify.poll_ms`
+    /// (at once again while rounds come back full).
+    pub async fn run(self) {
+        let every = Duration::from_millis(self.config.poll_ms);
+        loop {
+            match self.run_once().await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "outbox round failed"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Leases the due rows and delivers them concurrently; returns how many it leased.
+    pub async fn run_once(&self) -> Result<usize, crate::store::StoreError> {
+        let now = Utc::now();
+        let lease = chrono::Duration::seconds(i64::try_from(self.config.lease_secs).unwrap_or(60));
+        let rows = self
+            .store
+            .claim_notifications(now, now + lease, BATCH)
+            .await?;
+        let results = futures::future::join_all(rows.iter().map(|n| self.deliver(n))).await;
+        for (n, result) in rows.iter().zip(results) {
+            let outcome = self.outcome(n, result);
+            let label = match &outcome {
+                DeliveryOutcome::Delivered => "delivered",
+                DeliveryOutcome::Retry { .. } => "retry",
+                DeliveryOutcome::Dead { .. } => "dead",
+            };
+            metrics::counter!("sopr_notifications_total", "channel" => n.channel.clone(), "outcome" => label)
+                .increment(1);
+            match &outcome {
+                DeliveryOutcome::Delivered => {
+                    tracing::info!(id = %n.id, channel = %n.channel, event = %n.event, attempt = n.attempts, "notification delivered")
+                }
+                DeliveryOutcome::Retry { at, error } => {
+                    tracing::warn!(id = %n.id, channel = %n.channel, attempt = n.attempts, retry_at = %at, error = %error, "notification failed; will retry")
+                }
+                DeliveryOutcome::Dead { error } => {
+                    tracing::error!(id = %n.id, channel = %n.channel, attempt = n.attempts, error = %error, "notification dead-lettered")
+                }
+            }
+            self.store
+                .finish_notification(n.id, &outcome, Utc::now())
+                .await?;
+        }
+        Ok(rows.len())
+    }
+
+    async fn deliver(&self, n: &Notification) -> Result<(), DeliveryError> {
+        match n.channel.as_str() {
+            "webhook" => self.webhooks.deliver(n).await,
+            "email" => match &self.mailer {
+                Some(mailer) => mailer.deliver(n).await,
+                None => Err(DeliveryError::Transient(
+                    "email is not configured (notify.smtp.url)".into(),
+                )),
+            },
+            other => Err(DeliveryError::Permanent(format!(
+                "channel `{other}` is not delivered by this version"
+            ))),
+        }
+    }
+
+    fn outcome(&self, n: &Notification, result: Result<(), DeliveryError>) -> DeliveryOutcome {
+        match result {
+            Ok(()) => DeliveryOutcome::Delivered,
+            Err(DeliveryError::Permanent(error)) => DeliveryOutcome::Dead { error },
+            Err(DeliveryError::Transient(error)) => {
+                let attempts = u32::try_from(n.attempts).unwrap_or(u32::MAX);
+                if attempts >= self.config.max_attempts {
+                    return DeliveryOutcome::Dead {
+                        error: format!("gave up after {attempts} attempts: {error}"),
+                    };
+                }
+                let delay = backoff(
+                    attempts,
+                    self.config.backoff_base_ms,
+                    self.config.backoff_max_ms,
+                );
+                DeliveryOutcome::Retry {
+                    at: Utc::now()
+                        + chrono::Duration::milliseconds(
+                            i64::try_from(delay).unwrap_or(i64::MAX / 2),
+                        ),
+                    error,
+                }
+            }
+        }
+    }
+}
+
+/// Full jitter: a uniform wait in [0, min(max, base × 2^(attempt-1))] ms.
+pub fn backoff(attempt: u32, base_ms: u64, max_ms: u64) -> u64 {
+    let cap = base_ms
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(30))
+        .min(max_ms);
+    rand::rng().random_range(0..=cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for _ in 0..200 {
+            assert!(backoff(1, 1000, 60_000) <= 1000);
+            assert!(backoff(3, 1000, 60_000) <= 4000);
+            assert!(backoff(40, 1000, 60_000) <= 60_000);
+        }
+        let spread: std::collections::HashSet<u64> =
+            (0..50).map(|_| backoff(5, 1000, 60_000)).collect();
+        assert!(spread.len() > 10, "jittered");
+    }
+}

@@ -1,0 +1,426 @@
+//! Notifications end to end against real local peers: a chat frontend's
+//! webhook endpoint (HTTP) and an SMTP server. Rows are written with what
+//! they announce and delivered by the dispatcher, with retries, dead letters
+//! and the same id across retries.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::smtp_server::{SmtpBehaviour, SmtpServer};
+use support::webhook_receiver::{Answer, WebhookReceiver};
+use support::{TestApp, TestDb, spawn_app_for};
+
+const SECRET_ENV: &str = "SOPR_TEST_WEBHOOK_SECRET";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// An app whose tenant has a webhook to `receiver`, with fast retries.
+async fn app_with_webhook(
+    receiver: &WebhookReceiver,
+    configure: impl FnOnce(&mut sopr::config::Config),
+) -> TestApp {
+    set_secret();
+    let tenant = format!("tenant-{}", uuid::Uuid::now_v7().simple());
+    let url = receiver.url.clone();
+    let name = tenant.clone();
+    spawn_app_for(TestDb::sqlite(), &tenant, move |c| {
+        c.notify.poll_ms = 50;
+        c.notify.backoff_base_ms = 20;
+        c.notify.backoff_max_ms = 100;
+        c.notify.webhooks = vec![sopr::config::WebhookConfig {
+            tenant: name,
+            url,
+            secret_env: SECRET_ENV.into(),
+            timeout_ms: 2_000,
+        }];
+        configure(c);
+    })
+    .await
+}
+
+fn set_secret() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once, before any service of this test binary reads the
+        // environment, to a value that never changes.
+        unsafe { std::env::set_var(SECRET_ENV, SECRET) };
+    });
+}
+
+/// Checks a delivery's Standard Webhooks signature with the shared secret.
+fn verify(headers: &std::collections::HashMap<String, String>, body: &[u8]) {
+    let id = &headers["webhook-id"];
+    let timestamp = &headers["webhook-timestamp"];
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    assert_eq!(headers["webhook-signature"], expected, "signature");
+    let age = chrono::Utc::now().timestamp() - timestamp.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "fresh timestamp");
+}
+
+async fn outbox(app: &TestApp, state: &str) -> Vec<sopr::store::Notification> {
+    app.store
+        .list_notifications(app.tenant.id, state, 100)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replies_reach_the_chat_frontend_signed() {
+    let receiver = WebhookReceiver::start().await;
+    let app = app_with_webhook(&receiver, |_| {}).await;
+
+    let answered = app
+        .message("cust-1", "What is the exchange rate for euros today?")
+        .await;
+    let queued = app
+        .message("cust-2", "I want to speak to a human about my card")
+        .await;
+    assert_eq!(queued["outcome"], "queued", "{queued}");
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got.len(), 2, "the bot's answer and the holding reply");
+    for d in &got {
+        verify(&d.headers, &d.body);
+        assert_eq!(d.headers["content-type"], "application/json");
+    }
+    let bodies: Vec<Value> = got.iter().map(|d| d.json()).collect();
+    let first = bodies
+        .iter()
+        .find(|b| b["data"]["conversation_id"] == answered["conversation_id"])
+        .expect("the answered conversation");
+    assert_eq!(first["type"], "message.created");
+    assert_eq!(first["data"]["role"], "bot");
+
+    // A reviewer's reply goes out the same way, naming the review item.
+    let id = queued["review_id"].as_str().unwrap();
+    app.post("/v1/reviews/claim", &json!({ "reviewer": "alice" }))
+        .await;
+    let resolved = app
+        .post(
+            &format!("/v1/reviews/{id}/resolve"),
+            &json!({ "reviewer": "alice", "action": "edit", "reply": "We blocked the card; a new one is on its way." }),
+        )
+        .await;
+    assert_eq!(resolved.status(), 200);
+    let got = receiver.wait_for(3).await;
+    let reply = got[2].json();
+    verify(&got[2].headers, &got[2].body);
+    assert_eq!(reply["data"]["role"], "reviewer");
+    assert_eq!(reply["data"]["review_id"], id);
+    assert_eq!(
+        reply["data"]["body"],
+        "We blocked the card; a new one is on its way."
+    );
+    assert_eq!(reply["data"]["conversation_id"], queued["conversation_id"]);
+    assert_eq!(outbox(&app, "delivered").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_failing_frontend_gets_the_message_once_it_recovers() {
+    let receiver = WebhookReceiver::start().await;
+    receiver.answer(Answer::FailNext(3));
+    let app = app_with_webhook(&receiver, |_| {}).await;
+    app.message("cust-1", "What is the exchange rate for euros today?")
+        .await;
+    let got = receiver.wait_for(4).await;
+    assert_eq!(got.len(), 4, "three 500s, then delivered");
+    let ids: Vec<&String> = got.iter().map(|d| &d.headers["webhook-id"]).collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one id across retries: {ids:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.deliveries().len(),
+        4,
+        "nothing more once delivered"
+    );
+    let delivered = outbox(&app, "delivered").await;
+    assert_eq!((delivered.len(), delivered[0].attempts), (1, 4));
+}
+
+#[tokio::test]
+async fn refusals_and_exhausted_retries_are_dead_letters_that_can_be_retried() {
+    let receiver = WebhookReceiver::start().await;
+    receiver.answer(Answer::Status(410));
+    let app = app_with_webhook(&receiver, |c| c.notify.max_attempts = 3).await;
+    app.message("cust-1", "What is the exchange rate for euros today?")
+        .await;
+    receiver.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.deliveries().len(), 1, "a 4xx is not retried");
+    let dead = outbox(&app, "dead").await;
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].last_error.as_deref().unwrap().contains("410"),
+        "{:?}",
+        dead[0].last_error
+    );
+
+    receiver.answer(Answer::Status(503));
+    app.message("cust-2", "What is the exchange rate for dollars today?")
+        .await;
+    receiver.wait_for(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.deliveries().len(),
+        4,
+        "three attempts for the second row"
+    );
+    let dead = outbox(&app, "dead").await;
+    assert_eq!(dead.len(), 2);
+    assert!(dead.iter().any(|d| {
+        d.last_error
+            .as_deref()
+            .unwrap()
+            .contains("gave up after 3 attempts")
+    }));
+
+    // An admin retries from the console once the frontend is fixed.
+    receiver.answer(Answer::Ok);
+    support::console::add_user(&app, "ada@example.com", "admin", "correct horse battery").await;
+    support::console::add_user(&app, "rui@example.com", "reviewer", "correct horse battery").await;
+    let mut ada =
+        support::console::ConsoleClient::login(&app, "ada@example.com", "correct horse battery")
+            .await;
+    let page = ada.page("/console/notifications").await;
+    assert!(
+        page.contains("gave up after 3 attempts"),
+        "dead letters are listed"
+    );
+    let mut rui =
+        support::console::ConsoleClient::login(&app, "rui@example.com", "correct horse battery")
+            .await;
+    let row = dead[0].id.to_string();
+    let refused = rui
+        .act("/console/notifications/retry", &[("id", row.as_str())])
+        .await;
+    assert_eq!(refused.status(), 403, "admins only");
+    let retried = ada
+        .act("/console/notifications/retry", &[("id", row.as_str())])
+        .await;
+    assert_eq!(retried.status(), 303);
+    receiver.wait_for(5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(outbox(&app, "dead").await.len(), 1);
+    assert_eq!(outbox(&app, "delivered").await.len(), 1);
+}
+
+#[tokio::test]
+async fn new_cases_are_emailed_to_the_sops_targets() {
+    let smtp = SmtpServer::start().await;
+    smtp.require_auth("sopr", "mail-pass");
+    let addr = smtp.addr;
+    let app = spawn_app_for(TestDb::sqlite(), "emails", |c| {
+        c.notify.poll_ms = 50;
+        c.notify.console_url = "https://review.example.com/".into();
+        c.notify.smtp.url = format!("smtp://sopr:mail-pass@{addr}").into();
+        c.notify.smtp.from = "sopr <sopr@bank.example>".into();
+    })
+    .await;
+    let case = app
+        .message("cust-1", "I sent money to my friend with card 4111 1111 1111 1111 but nothing arrived, I want a human")
+        .await;
+    assert_eq!(case["outcome"], "queued", "{case}");
+    let mail = smtp.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(mail.len(), 1, "one email for the new case");
+    let mail = &mail[0];
+    assert_eq!(mail.to, ["transfers-oncall@example.com"]);
+    assert_eq!(mail.auth, Some(("sopr".into(), "mail-pass".into())));
+    let id = case["review_id"].as_str().unwrap();
+    assert_eq!(
+        mail.header("Message-ID")
+            .unwrap()
+            .trim_matches(['<', '>'])
+            .split('@')
+            .next()
+            .unwrap()
+            .len(),
+        36
+    );
+    assert!(mail.header("Subject").unwrap().contains("priority"));
+    assert!(
+        mail.header("Content-Type")
+            .unwrap()
+            .starts_with("multipart/alternative")
+    );
+    // The bodies are quoted-printable: undo soft line breaks and `=3D`.
+    let body = mail.data.replace("=\r\n", "").replace("=3D", "=");
+    assert!(
+        body.contains(&format!("https://review.example.com/console/items/{id}")),
+        "a console link: {body}"
+    );
+    assert!(
+        !body.contains("4111 1111 1111 1111"),
+        "the excerpt is masked"
+    );
+    assert!(body.contains("**** **** **** 1111"), "{body}");
+}
+
+#[tokio::test]
+async fn email_waits_for_an_smtp_server_that_is_down_then_goes_out_once() {
+    // Find a free port, then leave it closed: the server is down at start.
+    let addr = SmtpServer::start().await.addr;
+    let app = spawn_app_for(TestDb::sqlite(), "late-smtp", |c| {
+        c.notify.poll_ms = 50;
+        c.notify.backoff_base_ms = 50;
+        c.notify.backoff_max_ms = 200;
+        c.notify.smtp.url = format!("smtp://{addr}").into();
+    })
+    .await;
+    let case = app
+        .message(
+            "cust-1",
+            "My transfer never arrived at my friend's bank, I want a human",
+        )
+        .await;
+    assert_eq!(case["outcome"], "queued", "{case}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pending = outbox(&app, "pending").await;
+    assert_eq!(pending.len(), 1, "still waiting");
+    assert!(pending[0].attempts >= 2, "retried: {}", pending[0].attempts);
+    assert!(
+        pending[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("SMTP")
+    );
+
+    let smtp = SmtpServer::start_on(addr).await;
+    smtp.set_behaviour(SmtpBehaviour::TempFailNext(1));
+    let mail = smtp.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(mail.len(), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(smtp.received().len(), 1, "exactly once");
+    assert_eq!(smtp.refused(), 1, "a 451 is retried too");
+    assert_eq!(outbox(&app, "delivered").await.len(), 1);
+}
+
+/// `sopr serve` as a child process with this config file; returns it with
+/// its address and the demo API key it printed (first start only).
+async fn start_serve(config: &std::path::Path) -> (std::process::Child, String, Option<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sopr"))
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env(SECRET_ENV, SECRET)
+        .env("SOPR_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start sopr serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut key = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let Ok(line) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sopr serve did not start");
+        };
+        if let Some(k) = line.trim().strip_prefix("sopr_") {
+            key = Some(format!("sopr_{k}"));
+        }
+        if line.contains("sopr listening") {
+            let listen: Value = serde_json::from_str(&line).unwrap();
+            let addr = listen["fields"]["listen"].as_str().unwrap().to_string();
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (child, addr, key);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_cut_short_by_a_crash_goes_out_after_restart_under_the_same_id() {
+    sopr::llm::install_crypto_provider();
+    let receiver = WebhookReceiver::start().await;
+    // The first delivery hangs: the process dies while it is in flight.
+    receiver.answer(Answer::Hold(Duration::from_secs(30)));
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("sopr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[database]\nurl = \"sqlite://{db}\"\n\n[sops]\ndir = \"{sops}\"\n\n\
+             [bootstrap]\ndemo_tenant = \"crash\"\n\n[notify]\npoll_ms = 50\nlease_secs = 2\n\n\
+             [[notify.webhooks]]\ntenant = \"crash\"\nurl = \"{url}\"\nsecret_env = \"{SECRET_ENV}\"\ntimeout_ms = 1500\n",
+            db = dir.path().join("sopr.db").display(),
+            sops = concat!(env!("CARGO_MANIFEST_DIR"), "/sops"),
+            url = receiver.url,
+        ),
+    )
+    .unwrap();
+    let (mut first, addr, key) = start_serve(&config).await;
+    let key = key.expect("the demo key");
+    let client = reqwest::Client::new();
+    let out: Value = client
+        .post(format!("http://{addr}/v1/messages"))
+        .bearer_auth(&key)
+        .json(&json!({ "customer": { "id": "c1" }, "text": "What is the exchange rate for euros today?" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["outcome"], "answered", "{out}");
+    assert_eq!(receiver.wait_for(1).await.len(), 1, "delivery started");
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+
+    receiver.answer(Answer::Ok);
+    let (mut second, _, _) = start_serve(&config).await;
+    let got = receiver.wait_for(2).await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(got.len(), 2, "retried after the restart");
+    assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
+    assert_eq!(
+        receiver.distinct_ids(),
+        1,
+        "a receiver that honours the id keeps one message"
+    );
+    verify(&got[1].headers, &got[1].body);
+    let store = sopr::store::connect(
+        &format!("sqlite://{}", dir.path().join("sopr.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    let tenant = store.tenant_by_name("crash").await.unwrap().unwrap();
+    let delivered = store
+        .list_notifications(tenant.id, "delivered", 10)
+        .await
+        .unwrap();
+    assert_eq!((delivered.len(), delivered[0].attempts), (1, 2));
+}
