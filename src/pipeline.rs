@@ -645,7 +645,7 @@ impl Pipeline {
                 review_id: item.id,
                 sop_ref: sop.reference(),
                 sop_title: sop.file.title.clone(),
-                priority: format!("{:?}", Priority::from_rank(item.priority)).to_lowercase(),
+                priority: Priority::from_rank(item.priority).as_str().into(),
                 reasons: response.reasons.clone(),
                 flags: flags.iter().map(|f| f.name.clone()).collect(),
                 intent: intent.clone(),

@@ -49,6 +49,24 @@ impl Priority {
         self as i32
     }
 
+    /// Every priority, least urgent first.
+    pub const ALL: [Priority; 4] = [
+        Priority::Low,
+        Priority::Normal,
+        Priority::High,
+        Priority::Urgent,
+    ];
+
+    /// The name SOP files and the console use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Urgent => "urgent",
+        }
+    }
+
     /// The priority a stored rank stands for (out-of-range ranks clamp).
     pub fn from_rank(rank: i32) -> Priority {
         match rank {

@@ -17,10 +17,9 @@ use super::{Page, ago, escape, message_page, render, render_status, sla_label};
 use crate::http::AppState;
 use crate::review::{Action, ReviewError, effective_state};
 use crate::routing::screen;
-use crate::sop::Sop;
+use crate::sop::{Priority, Sop};
 use crate::store::{QueueQuery, ReviewItem, ReviewState};
 
-const PRIORITIES: [&str; 4] = ["low", "normal", "high", "urgent"];
 const QUEUE_LIMIT: i64 = 200;
 
 /// Messages a redirect may ask a page to show (`?notice=`), by code, so no
@@ -44,11 +43,7 @@ fn notice(code: Option<&str>) -> Option<&'static str> {
 }
 
 fn priority_name(rank: i32) -> &'static str {
-    usize::try_from(rank)
-        .ok()
-        .and_then(|i| PRIORITIES.get(i))
-        .copied()
-        .unwrap_or("normal")
+    Priority::from_rank(rank).as_str()
 }
 
 fn find_sop(state: &AppState, sop_ref: Option<&str>) -> Option<Arc<Sop>> {
@@ -235,10 +230,10 @@ async fn queue_page(
     let query = QueueQuery {
         state: filter_state,
         sop_ids: sop_ids.map(|s| s.into_iter().collect()),
-        priority: PRIORITIES
+        priority: Priority::ALL
             .iter()
-            .position(|p| *p == params.priority)
-            .and_then(|i| i32::try_from(i).ok()),
+            .find(|p| p.as_str() == params.priority)
+            .map(|p| p.rank()),
         breached: params.breached.is_some(),
         claimed_by: params.mine.is_some().then(|| user.reviewer().to_string()),
         flag: Some(params.flag.trim().to_string()).filter(|f| !f.is_empty()),
@@ -332,7 +327,7 @@ async fn queue_page(
     page.insert("limit", &QUEUE_LIMIT);
     page.insert("sops", &active);
     page.insert("agents", &agents);
-    page.insert("priorities", &PRIORITIES);
+    page.insert("priorities", &Priority::ALL.map(Priority::as_str));
     page.insert("notice", &notice(params.notice.as_deref()));
     page.insert("live_poll_ms", &state.config.console.live_poll_ms);
     Ok(page)
