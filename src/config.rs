@@ -161,6 +161,8 @@ pub struct NotifyConfig {
     pub backoff_max_ms: u64,
     /// Base URL of the console, for links in notifications.
     pub console_url: String,
+    /// Delivered rows are deleted after this many days (dead and pending rows stay).
+    pub keep_delivered_days: u32,
     pub smtp: SmtpConfig,
     /// Chat-frontend webhooks, one per tenant.
     pub webhooks: Vec<WebhookConfig>,
@@ -437,6 +439,7 @@ impl Default for Config {
                 backoff_base_ms: 1000,
                 backoff_max_ms: 600_000,
                 console_url: "http://127.0.0.1:8080".into(),
+                keep_delivered_days: 7,
                 smtp: SmtpConfig {
                     url: SecretString::from(String::new()),
                     from: "sopr <sopr@localhost>".into(),
@@ -521,6 +524,12 @@ impl NotifyConfig {
         }
         if self.lease_secs == 0 {
             return invalid("notify.lease_secs".into(), "must be positive".into());
+        }
+        if self.keep_delivered_days == 0 {
+            return invalid(
+                "notify.keep_delivered_days".into(),
+                "must be positive".into(),
+            );
         }
         if self.backoff_base_ms == 0 || self.backoff_max_ms < self.backoff_base_ms {
             return invalid(

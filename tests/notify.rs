@@ -188,6 +188,13 @@ async fn refusals_and_exhausted_retries_are_dead_letters_that_can_be_retried() {
             .contains("gave up after 3 attempts")
     }));
 
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"sopr_notifications_total{channel="webhook",outcome="dead"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sopr_notifications_dead"), "the backlog gauge");
+
     // An admin retries from the console once the frontend is fixed.
     receiver.answer(Answer::Ok);
     support::console::add_user(&app, "ada@example.com", "admin", "correct horse battery").await;

@@ -1167,6 +1167,33 @@ async fn outbox_rows_are_written_with_what_they_announce_and_leased_once() {
             .unwrap();
         assert!(delivered[0].delivered_at.is_some(), "{label}");
 
+        assert_eq!(
+            store.notification_backlog().await.unwrap(),
+            (0, 0),
+            "{label}"
+        );
+        // Delivered rows are kept until the retention passes.
+        assert_eq!(
+            store.prune_notifications(retry_at).await.unwrap(),
+            0,
+            "{label}"
+        );
+        assert_eq!(
+            store
+                .prune_notifications(retry_at + Duration::seconds(1))
+                .await
+                .unwrap(),
+            1,
+            "{label}"
+        );
+        assert!(
+            store
+                .list_notifications(t.id, "delivered", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
         // A step with a dedupe key is written once, whoever enqueues it.
         let rows = [notification(Some(id), Some(&format!("sla-half:{id}")))];
         assert_eq!(
@@ -1178,6 +1205,11 @@ async fn outbox_rows_are_written_with_what_they_announce_and_leased_once() {
         assert_eq!(
             store.enqueue_notifications(t.id, &rows, now).await.unwrap(),
             0,
+            "{label}"
+        );
+        assert_eq!(
+            store.notification_backlog().await.unwrap(),
+            (1, 0),
             "{label}"
         );
     }

@@ -36,6 +36,8 @@ pub enum DeliveryError {
 
 /// Rows leased per round.
 const BATCH: i64 = 32;
+/// How often the dispatcher prunes delivered rows and reports the backlog.
+const HOUSEKEEPING: Duration = Duration::from_secs(60);
 
 /// Decides which outbox rows an event writes.
 pub struct Notifier {
@@ -199,7 +201,14 @@ impl Dispatcher {
     /// (at once again while rounds come back full).
     pub async fn run(self) {
         let every = Duration::from_millis(self.config.poll_ms);
+        let mut last_housekeeping: Option<std::time::Instant> = None;
         loop {
+            if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING) {
+                last_housekeeping = Some(std::time::Instant::now());
+                if let Err(err) = self.housekeeping().await {
+                    tracing::warn!(error = %err, "outbox housekeeping failed");
+                }
+            }
             match self.run_once().await {
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => {}
@@ -207,6 +216,20 @@ impl Dispatcher {
             }
             tokio::time::sleep(every).await;
         }
+    }
+
+    /// Deletes delivered rows past `notify.keep_delivered_days` and sets the
+    /// `sopr_notifications_pending` and `sopr_notifications_dead` gauges.
+    pub async fn housekeeping(&self) -> Result<(), crate::store::StoreError> {
+        let keep = chrono::Duration::days(i64::from(self.config.keep_delivered_days));
+        let pruned = self.store.prune_notifications(Utc::now() - keep).await?;
+        if pruned > 0 {
+            tracing::info!(rows = pruned, "pruned delivered notifications");
+        }
+        let (pending, dead) = self.store.notification_backlog().await?;
+        metrics::gauge!("sopr_notifications_pending").set(pending as f64);
+        metrics::gauge!("sopr_notifications_dead").set(dead as f64);
+        Ok(())
     }
 
     /// Leases the due rows and delivers them concurrently; returns how many it leased.

@@ -711,6 +711,10 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool>;
     async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>>;
+    /// Deletes delivered rows delivered before `before`; returns how many went.
+    async fn prune_notifications(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Rows per state across tenants: `(pending, dead)`.
+    async fn notification_backlog(&self) -> Result<(i64, i64)>;
 
     // --- console views ----------------------------------------------------
     /// Unresolved items with their decision's route and flags, most urgent first.

@@ -1090,6 +1090,26 @@ macro_rules! impl_store {
                 Ok(done)
             }
 
+            async fn prune_notifications(&self, before: DateTime<Utc>) -> Result<u64> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let gone = sqlx::query("DELETE FROM outbox WHERE state = 'delivered' AND delivered_at < $1")
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(gone)
+            }
+
+            async fn notification_backlog(&self) -> Result<(i64, i64)> {
+                Ok(sqlx::query_as::<_, (i64, i64)>(
+                    "SELECT COALESCE(SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END), 0) FROM outbox WHERE state <> 'delivered'",
+                )
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
             async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>> {
                 Ok(sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE id = $1")
                     .bind(id)
