@@ -164,8 +164,20 @@ pub struct NotifyConfig {
     /// Delivered rows are deleted after this many days (dead and pending rows stay).
     pub keep_delivered_days: u32,
     pub smtp: SmtpConfig,
+    pub sla: SlaLadderConfig,
     /// Chat-frontend webhooks, one per tenant.
     pub webhooks: Vec<WebhookConfig>,
+}
+
+/// The SLA escalation ladder: who hears of items nobody has claimed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlaLadderConfig {
+    /// At this fraction of its SLA, an item still unclaimed is announced to
+    /// its SOP's `escalation.backup_notify` targets. 0 turns this step off.
+    pub warn_fraction: f64,
+    /// Targets told when an item breaches its SLA unclaimed (`email:ADDRESS`).
+    pub breach_notify: Vec<String>,
 }
 
 /// Email over SMTP. Off while `url` is empty.
@@ -445,6 +457,10 @@ impl Default for Config {
                     from: "sopr <sopr@localhost>".into(),
                     timeout_secs: 10,
                 },
+                sla: SlaLadderConfig {
+                    warn_fraction: 0.5,
+                    breach_notify: Vec::new(),
+                },
                 webhooks: Vec::new(),
             },
             bootstrap: BootstrapConfig {
@@ -505,6 +521,7 @@ impl_default_from_config!(
     ConsoleConfig => console,
     NotifyConfig => notify,
     SmtpConfig => notify.smtp,
+    SlaLadderConfig => notify.sla,
     BootstrapConfig => bootstrap,
     LogConfig => log,
     LlmConfig => llm,
@@ -524,6 +541,22 @@ impl NotifyConfig {
         }
         if self.lease_secs == 0 {
             return invalid("notify.lease_secs".into(), "must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.sla.warn_fraction) {
+            return invalid(
+                "notify.sla.warn_fraction".into(),
+                "must be at least 0 and below 1".into(),
+            );
+        }
+        for (i, target) in self.sla.breach_notify.iter().enumerate() {
+            if !crate::notify::is_valid_target(target) {
+                return invalid(
+                    format!("notify.sla.breach_notify[{i}]"),
+                    format!(
+                        "`{target}` is not a target such as `email:leads@example.com` or `slack:#support`"
+                    ),
+                );
+            }
         }
         if self.keep_delivered_days == 0 {
             return invalid(

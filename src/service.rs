@@ -71,9 +71,14 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     let notifier = Arc::new(crate::notify::Notifier::new(&config.notify, store.clone()));
     let dispatcher = if config.notify.dispatch {
         Some(
-            crate::notify::Dispatcher::new(&config.notify, store.clone()).map_err(|err| {
-                anyhow::anyhow!("cannot build the notification dispatcher: {err}")
-            })?,
+            crate::notify::Dispatcher::new(
+                &config.notify,
+                store.clone(),
+                sops.clone(),
+                notifier.clone(),
+                config.review.default_sla_minutes,
+            )
+            .map_err(|err| anyhow::anyhow!("cannot build the notification dispatcher: {err}"))?,
         )
     } else {
         None

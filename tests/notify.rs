@@ -193,7 +193,10 @@ async fn refusals_and_exhausted_retries_are_dead_letters_that_can_be_retried() {
         metrics.contains(r#"sopr_notifications_total{channel="webhook",outcome="dead"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains("sopr_notifications_dead"), "the backlog gauge");
+    assert!(
+        metrics.contains("sopr_notifications_dead"),
+        "the backlog gauge"
+    );
 
     // An admin retries from the console once the frontend is fixed.
     receiver.answer(Answer::Ok);
@@ -430,4 +433,169 @@ async fn a_delivery_cut_short_by_a_crash_goes_out_after_restart_under_the_same_i
         .await
         .unwrap();
     assert_eq!((delivered.len(), delivered[0].attempts), (1, 2));
+}
+
+/// The repository's SOPs in a temporary folder, with a backup target added
+/// to the transfer SOPs.
+fn sops_with_backup_target() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(support::sops_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("    - email:transfers-oncall@example.com\n") {
+            text = text.replace(
+                "    - email:transfers-oncall@example.com\n",
+                "    - email:transfers-oncall@example.com\n  backup_notify:\n    - email:transfers-leads@example.com\n",
+            );
+            assert!(text.contains("backup_notify"));
+        }
+        std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
+    }
+    dir
+}
+
+#[tokio::test]
+async fn the_sla_ladder_warns_the_backup_then_announces_the_breach_once() {
+    let smtp = SmtpServer::start().await;
+    let addr = smtp.addr;
+    let sops = sops_with_backup_target();
+    let sops_dir = sops.path().to_path_buf();
+    let app = spawn_app_for(TestDb::sqlite(), "ladder", |c| {
+        c.sops.dir = sops_dir;
+        // The test walks the ladder itself, at chosen times.
+        c.notify.dispatch = false;
+        c.notify.smtp.url = format!("smtp://{addr}").into();
+        c.notify.sla.breach_notify = vec!["email:support-leads@example.com".into()];
+    })
+    .await;
+    let (set, _) = sopr::sop::SopSet::load(sops.path()).unwrap();
+    let set = std::sync::Arc::new(set);
+    let replica = |store| {
+        let notifier = std::sync::Arc::new(sopr::notify::Notifier::new(&app.config.notify, store));
+        sopr::notify::Dispatcher::new(
+            &app.config.notify,
+            app.store.clone(),
+            set.clone(),
+            notifier,
+            app.config.review.default_sla_minutes,
+        )
+        .unwrap()
+    };
+    let (one, two) = (replica(app.store.clone()), replica(app.store.clone()));
+
+    let case = app
+        .message(
+            "cust-1",
+            "My transfer never arrived at my friend's bank, I want a human",
+        )
+        .await;
+    assert_eq!(case["outcome"], "queued", "{case}");
+    let id = case["review_id"].as_str().unwrap();
+    // A claimed item is not escalated.
+    let claimed = app
+        .message(
+            "cust-2",
+            "I sent money but the recipient says nothing arrived, get me a person",
+        )
+        .await;
+    app.post(
+        &format!(
+            "/v1/reviews/{}/claim",
+            claimed["review_id"].as_str().unwrap()
+        ),
+        &json!({ "reviewer": "alice" }),
+    )
+    .await;
+    let item: Value = app
+        .get(&format!("/v1/reviews/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let parse = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let (created, due) = (
+        parse(&item["item"]["created_at"]),
+        parse(&item["item"]["due_at"]),
+    );
+    let email_rows = |rows: Vec<sopr::store::Notification>, event: &str| {
+        rows.into_iter()
+            .filter(|n| n.event == event)
+            .collect::<Vec<_>>()
+    };
+    // The new-item email is there from the start.
+    one.run_once().await.unwrap();
+    assert_eq!(
+        smtp.wait_for(2, Duration::from_secs(10)).await.len(),
+        2,
+        "two new-item emails"
+    );
+
+    assert_eq!(
+        one.ladder_round(created + (due - created) / 4)
+            .await
+            .unwrap(),
+        0,
+        "too early"
+    );
+    let warn_time = created + (due - created) * 3 / 5;
+    assert_eq!(
+        one.ladder_round(warn_time).await.unwrap(),
+        1,
+        "past half its SLA, unclaimed"
+    );
+    assert_eq!(
+        two.ladder_round(warn_time).await.unwrap(),
+        0,
+        "another replica sends it no second time"
+    );
+    assert_eq!(one.ladder_round(warn_time).await.unwrap(), 0);
+    one.run_once().await.unwrap();
+    let mail = smtp.wait_for(3, Duration::from_secs(10)).await;
+    let pending = outbox(&app, "pending").await;
+    assert_eq!(
+        mail.len(),
+        3,
+        "sop {} pending {pending:?}",
+        item["item"]["sop_ref"]
+    );
+    let warning = &mail[2];
+    assert_eq!(warning.to, ["transfers-leads@example.com"]);
+    assert!(
+        warning
+            .header("Subject")
+            .unwrap()
+            .contains("still unclaimed"),
+        "{:?}",
+        warning.header("Subject")
+    );
+    assert_eq!(
+        email_rows(outbox(&app, "delivered").await, "review.sla_warning").len(),
+        1
+    );
+
+    let breach_time = due + chrono::Duration::minutes(1);
+    assert_eq!(
+        two.ladder_round(breach_time).await.unwrap(),
+        1,
+        "the breach, announced once"
+    );
+    assert_eq!(one.ladder_round(breach_time).await.unwrap(), 0);
+    two.run_once().await.unwrap();
+    let mail = smtp.wait_for(4, Duration::from_secs(10)).await;
+    assert_eq!(mail.len(), 4, "nothing for the claimed item");
+    assert_eq!(mail[3].to, ["support-leads@example.com"]);
+    assert!(mail[3].header("Subject").unwrap().contains("breached"));
+    let body = mail[3].data.replace("=\r\n", "").replace("=3D", "=");
+    assert!(body.contains(&format!("/console/items/{id}")), "{body}");
+    assert_eq!(
+        one.ladder_round(breach_time + chrono::Duration::hours(1))
+            .await
+            .unwrap(),
+        0,
+        "the ladder ends"
+    );
 }

@@ -23,6 +23,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "review_created.html",
         include_str!("../../web/templates/email/review_created.html"),
     ),
+    (
+        "review_sla.txt",
+        include_str!("../../web/templates/email/review_sla.txt"),
+    ),
+    (
+        "review_sla.html",
+        include_str!("../../web/templates/email/review_sla.html"),
+    ),
 ];
 
 static TERA: LazyLock<Result<tera::Tera, String>> = LazyLock::new(|| {
@@ -96,7 +104,11 @@ impl Mailer {
 /// bodies from the event's templates.
 pub fn render(from: &Mailbox, to: Mailbox, n: &Notification) -> Result<Message, String> {
     let tera = TERA.as_ref().map_err(Clone::clone)?;
-    let event = n.event.replace('.', "_");
+    // The payload may name its template; else it is the event's name.
+    let event = match n.payload.0.get("template").and_then(|t| t.as_str()) {
+        Some(template) => template.to_string(),
+        None => n.event.replace('.', "_"),
+    };
     let context = tera::Context::from_value(n.payload.0.clone()).map_err(|err| err.to_string())?;
     let text = tera
         .render(&format!("{event}.txt"), &context)
@@ -128,6 +140,45 @@ mod tests {
     fn templates_compile() {
         if let Err(err) = &*TERA {
             panic!("{err}");
+        }
+    }
+
+    /// Every event the notifier emails renders, with the payload it writes.
+    #[test]
+    fn every_emailed_event_renders() {
+        let store_less = |event: &str, payload: serde_json::Value| Notification {
+            id: uuid::Uuid::now_v7(),
+            tenant_id: uuid::Uuid::nil(),
+            review_id: None,
+            channel: "email".into(),
+            target: "a@example.com".into(),
+            event: event.into(),
+            payload: sqlx::types::Json(payload),
+            state: "pending".into(),
+            attempts: 1,
+            next_attempt_at: chrono::Utc::now(),
+            last_error: None,
+            created_at: chrono::Utc::now(),
+            delivered_at: None,
+        };
+        let from: Mailbox = "sopr <sopr@example.com>".parse().unwrap();
+        let to: Mailbox = "a@example.com".parse().unwrap();
+        let created = serde_json::json!({
+            "subject": "s", "review_id": "r", "sop_ref": "x@1", "sop_title": "X", "priority": "high",
+            "reasons": ["human_requested"], "flags": [], "intent": "i", "confidence": "90%",
+            "excerpt": "e", "due_at": "d", "link": "http://l"
+        });
+        let ladder = serde_json::json!({
+            "template": "review_sla", "subject": "s", "headline": "h", "review_id": "r",
+            "sop_ref": "none", "sop_title": "X", "priority": "high", "due_at": "d", "link": "http://l"
+        });
+        for (event, payload) in [
+            ("review.created", created),
+            ("review.sla_warning", ladder.clone()),
+            ("review.sla_breached", ladder),
+        ] {
+            let message = render(&from, to.clone(), &store_less(event, payload));
+            assert!(message.is_ok(), "{event}: {:?}", message.err());
         }
     }
 }

@@ -36,8 +36,27 @@ pub enum DeliveryError {
 
 /// Rows leased per round.
 const BATCH: i64 = 32;
+/// How often the dispatcher walks the SLA ladder.
+const LADDER_EVERY: Duration = Duration::from_secs(10);
+/// Items the ladder looks at per round.
+const LADDER_BATCH: i64 = 500;
 /// How often the dispatcher prunes delivered rows and reports the backlog.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
+
+/// `email:ADDRESS` or `slack:#channel`, as SOP files and config write targets.
+pub fn is_valid_target(target: &str) -> bool {
+    match target.split_once(':') {
+        Some(("email", address)) => address.parse::<lettre::Address>().is_ok(),
+        Some(("slack", channel)) => {
+            let name = channel.strip_prefix('#').unwrap_or(channel);
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        }
+        _ => false,
+    }
+}
 
 /// Decides which outbox rows an event writes.
 pub struct Notifier {
@@ -165,6 +184,57 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// The rows for one SLA ladder step of an item: email targets get a
+    /// `review.sla_warning` (step 1) or `review.sla_breached` (step 2), each
+    /// with a dedupe key so that the step goes out once.
+    pub fn ladder_rows(
+        &self,
+        item: &crate::store::LadderCandidate,
+        step: i32,
+        sop_title: &str,
+        targets: &[String],
+    ) -> Vec<NewNotification> {
+        let (event, headline) = if step >= 2 {
+            (
+                "review.sla_breached",
+                "has breached its SLA and nobody has claimed it",
+            )
+        } else {
+            (
+                "review.sla_warning",
+                "is still unclaimed and its SLA is running out",
+            )
+        };
+        let priority = crate::sop::Priority::from_rank(item.priority).as_str();
+        let payload = json!({
+            "template": "review_sla",
+            "subject": format!("[sopr] {} {priority} case {headline}", sop_title),
+            "headline": headline,
+            "review_id": item.id,
+            "sop_ref": item.sop_ref.as_deref().unwrap_or("none"),
+            "sop_title": sop_title,
+            "priority": priority,
+            "due_at": item.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            "link": format!("{}/console/items/{}", self.console_url, item.id),
+        });
+        targets
+            .iter()
+            .filter_map(|t| t.strip_prefix("email:"))
+            .filter(|_| self.email)
+            .map(|address| NewNotification {
+                id: Uuid::now_v7(),
+                review_id: Some(item.id),
+                channel: "email".into(),
+                target: address.trim().to_string(),
+                event: event.into(),
+                payload: payload.clone(),
+                dedupe_key: Some(format!("{event}:{}:{}", item.id, address.trim())),
+            })
+            .collect()
+    }
+}
+
 /// What a new-item notification says. `excerpt` must already be masked.
 pub struct ReviewSummary {
     pub review_id: Uuid,
@@ -182,15 +252,35 @@ pub struct ReviewSummary {
 /// Delivers outbox rows.
 pub struct Dispatcher {
     store: Arc<dyn Store>,
+    sops: Arc<crate::sop::SopSet>,
+    notifier: Arc<Notifier>,
+    /// The longest SLA any item can have, for the ladder's look-ahead.
+    longest_sla: chrono::Duration,
     webhooks: webhook::Webhooks,
     mailer: Option<email::Mailer>,
     config: NotifyConfig,
 }
 
 impl Dispatcher {
-    pub fn new(config: &NotifyConfig, store: Arc<dyn Store>) -> Result<Dispatcher, String> {
+    pub fn new(
+        config: &NotifyConfig,
+        store: Arc<dyn Store>,
+        sops: Arc<crate::sop::SopSet>,
+        notifier: Arc<Notifier>,
+        default_sla_minutes: u32,
+    ) -> Result<Dispatcher, String> {
+        let longest = sops
+            .versions
+            .iter()
+            .filter_map(|s| s.file.escalation.sla_minutes)
+            .chain([default_sla_minutes])
+            .max()
+            .unwrap_or(default_sla_minutes);
         Ok(Dispatcher {
             store,
+            sops,
+            notifier,
+            longest_sla: chrono::Duration::minutes(i64::from(longest)),
             webhooks: webhook::Webhooks::new(&config.webhooks),
             mailer: email::Mailer::new(&config.smtp)?,
             config: config.clone(),
@@ -202,7 +292,14 @@ impl Dispatcher {
     pub async fn run(self) {
         let every = Duration::from_millis(self.config.poll_ms);
         let mut last_housekeeping: Option<std::time::Instant> = None;
+        let mut last_ladder: Option<std::time::Instant> = None;
         loop {
+            if last_ladder.is_none_or(|t| t.elapsed() >= LADDER_EVERY) {
+                last_ladder = Some(std::time::Instant::now());
+                if let Err(err) = self.ladder_round(Utc::now()).await {
+                    tracing::warn!(error = %err, "SLA ladder round failed");
+                }
+            }
             if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING) {
                 last_housekeeping = Some(std::time::Instant::now());
                 if let Err(err) = self.housekeeping().await {
@@ -230,6 +327,54 @@ impl Dispatcher {
         metrics::gauge!("sopr_notifications_pending").set(pending as f64);
         metrics::gauge!("sopr_notifications_dead").set(dead as f64);
         Ok(())
+    }
+
+    /// One walk of the SLA ladder as of `now`: each open, unclaimed item
+    /// past `notify.sla.warn_fraction` of its SLA moves to step 1 (its SOP's
+    /// `backup_notify` targets are told), each one past its due time to step
+    /// 2 (`notify.sla.breach_notify`). Returns how many items moved.
+    pub async fn ladder_round(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<usize, crate::store::StoreError> {
+        let fraction = self.config.sla.warn_fraction;
+        // Items due within this can be past their warning time.
+        let lead_ms = (self.longest_sla.num_milliseconds() as f64 * (1.0 - fraction)) as i64;
+        let horizon = if fraction > 0.0 {
+            now + chrono::Duration::milliseconds(lead_ms)
+        } else {
+            now
+        };
+        let mut moved = 0;
+        for item in self.store.ladder_candidates(horizon, LADDER_BATCH).await? {
+            let warn_at = item.created_at
+                + chrono::Duration::milliseconds(
+                    ((item.due_at - item.created_at).num_milliseconds() as f64 * fraction) as i64,
+                );
+            let sop = item
+                .sop_ref
+                .as_deref()
+                .and_then(|r| self.sops.versions.iter().find(|s| s.reference() == r));
+            let title = sop.map_or("Unrouted", |s| s.file.title.as_str());
+            let (step, targets): (i32, &[String]) = if now >= item.due_at {
+                (2, &self.config.sla.breach_notify)
+            } else if fraction > 0.0 && now >= warn_at && item.ladder_step < 1 {
+                (1, sop.map_or(&[][..], |s| &s.file.escalation.backup_notify))
+            } else {
+                continue;
+            };
+            let rows = self.notifier.ladder_rows(&item, step, title, targets);
+            // `now` decides the step; the rows are due from the real time.
+            if self
+                .store
+                .advance_ladder(item.tenant_id, item.id, step, &rows, Utc::now())
+                .await?
+            {
+                moved += 1;
+                tracing::info!(review = %item.id, step, rows = rows.len(), "SLA ladder step");
+            }
+        }
+        Ok(moved)
     }
 
     /// Leases the due rows and delivers them concurrently; returns how many it leased.

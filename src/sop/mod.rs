@@ -91,6 +91,9 @@ pub struct Escalation {
     pub sla_minutes: Option<u32>,
     #[serde(default)]
     pub notify: Vec<String>,
+    /// Targets told when an item is still unclaimed at `notify.sla.warn_fraction` of its SLA.
+    #[serde(default)]
+    pub backup_notify: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -390,6 +390,19 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// An open, unclaimed item the SLA ladder may have to act on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LadderCandidate {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub sop_ref: Option<String>,
+    pub priority: i32,
+    pub created_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    /// 0: nothing sent, 1: warned, 2: breach announced.
+    pub ladder_step: i32,
+}
+
 /// A console session to store: the cookie's token is kept only as a hash.
 #[derive(Debug, Clone)]
 pub struct NewSession {
@@ -711,6 +724,23 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool>;
     async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>>;
+    /// Open, unclaimed, not waiting items below ladder step 2 due by
+    /// `horizon`, soonest due first.
+    async fn ladder_candidates(
+        &self,
+        horizon: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<LadderCandidate>>;
+    /// Moves an item to ladder `step` and writes that step's rows, in one
+    /// transaction; false (nothing written) when it was there already.
+    async fn advance_ladder(
+        &self,
+        tenant_id: Uuid,
+        review_id: Uuid,
+        step: i32,
+        rows: &[NewNotification],
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
     /// Deletes delivered rows delivered before `before`; returns how many went.
     async fn prune_notifications(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Rows per state across tenants: `(pending, dead)`.

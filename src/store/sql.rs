@@ -1110,6 +1110,37 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn ladder_candidates(&self, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<LadderCandidate>> {
+                Ok(sqlx::query_as::<_, LadderCandidate>(
+                    "SELECT id, tenant_id, sop_ref, priority, created_at, due_at, ladder_step FROM review_items \
+                     WHERE state = 'open' AND ladder_step < 2 AND waiting_since IS NULL AND due_at <= $1 \
+                     ORDER BY due_at LIMIT $2",
+                )
+                .bind(horizon)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn advance_ladder(&self, tenant_id: Uuid, review_id: Uuid, step: i32, rows: &[NewNotification], now: DateTime<Utc>) -> Result<bool> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                let moved = sqlx::query(
+                    "UPDATE review_items SET ladder_step = $3 WHERE tenant_id = $1 AND id = $2 AND ladder_step < $3",
+                )
+                .bind(tenant_id)
+                .bind(review_id)
+                .bind(step)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if moved {
+                    insert_notifications(&mut tx, tenant_id, rows, now).await?;
+                }
+                tx.commit().await?;
+                Ok(moved)
+            }
+
             async fn tenant(&self, id: Uuid) -> Result<Option<Tenant>> {
                 Ok(sqlx::query_as::<_, Tenant>("SELECT id, name, created_at FROM tenants WHERE id = $1")
                     .bind(id)
