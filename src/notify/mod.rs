@@ -167,24 +167,35 @@ impl Notifier {
             "due_at": review.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
             "link": format!("{}/console/items/{}", self.console_url, review.review_id),
         });
+        self.email_rows(targets, review.review_id, "review.created", &payload, false)
+    }
+
+    /// One email row per `email:` target (none while SMTP is off). With
+    /// `once`, each row carries a dedupe key for (event, item, address).
+    fn email_rows(
+        &self,
+        targets: &[String],
+        review_id: Uuid,
+        event: &str,
+        payload: &serde_json::Value,
+        once: bool,
+    ) -> Vec<NewNotification> {
         targets
             .iter()
             .filter_map(|t| t.strip_prefix("email:"))
             .filter(|_| self.email)
             .map(|address| NewNotification {
                 id: Uuid::now_v7(),
-                review_id: Some(review.review_id),
+                review_id: Some(review_id),
                 channel: "email".into(),
                 target: address.trim().to_string(),
-                event: "review.created".into(),
+                event: event.into(),
                 payload: payload.clone(),
-                dedupe_key: None,
+                dedupe_key: once.then(|| format!("{event}:{review_id}:{}", address.trim())),
             })
             .collect()
     }
-}
 
-impl Notifier {
     /// The rows for one SLA ladder step of an item: email targets get a
     /// `review.sla_warning` (step 1) or `review.sla_breached` (step 2), each
     /// with a dedupe key so that the step goes out once.
@@ -218,20 +229,7 @@ impl Notifier {
             "due_at": item.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
             "link": format!("{}/console/items/{}", self.console_url, item.id),
         });
-        targets
-            .iter()
-            .filter_map(|t| t.strip_prefix("email:"))
-            .filter(|_| self.email)
-            .map(|address| NewNotification {
-                id: Uuid::now_v7(),
-                review_id: Some(item.id),
-                channel: "email".into(),
-                target: address.trim().to_string(),
-                event: event.into(),
-                payload: payload.clone(),
-                dedupe_key: Some(format!("{event}:{}:{}", item.id, address.trim())),
-            })
-            .collect()
+        self.email_rows(targets, item.id, event, &payload, true)
     }
 }
 
