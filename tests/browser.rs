@@ -332,13 +332,7 @@ async fn reviewers_work_the_queue_in_a_browser() {
     );
 
     // The customer's conversation has the reply.
-    let conversation = app.conversation(&case["conversation_id"]).await;
-    let last = conversation["messages"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let last = app.last_message(&case["conversation_id"]).await;
     assert_eq!(last["role"], "reviewer");
     assert_eq!(last["body"], reply);
 

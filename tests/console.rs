@@ -540,13 +540,7 @@ async fn a_reviewer_works_an_item_from_the_console_on_every_backend() {
             "{label}"
         );
         assert!(!queue.contains(&id), "{label}: the item left the queue");
-        let conversation = app.conversation(&case["conversation_id"]).await;
-        let last = conversation["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
+        let last = app.last_message(&case["conversation_id"]).await;
         assert_eq!(last["role"], "reviewer", "{label}");
         assert_eq!(
             last["body"], "Your card is on its way; it arrives by Friday.",

@@ -435,13 +435,7 @@ async fn reroute_redrafts_under_another_sop_and_labels_the_message() {
             )
             .await;
         assert_eq!(resolved.status(), 200, "{label}");
-        let conversation = app.conversation(&case["conversation_id"]).await;
-        let last = conversation["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
+        let last = app.last_message(&case["conversation_id"]).await;
         assert_eq!(last["role"], "reviewer");
         assert_eq!(last["body"], item["draft"]);
     }
@@ -488,13 +482,7 @@ async fn asking_the_customer_parks_the_item_until_they_answer() {
         assert!(item["claimed_by"].is_null());
 
         // The customer sees the question; nobody can claim-next the item meanwhile.
-        let conversation = app.conversation(&case["conversation_id"]).await;
-        let last = conversation["messages"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
+        let last = app.last_message(&case["conversation_id"]).await;
         assert_eq!(
             (last["role"].as_str(), last["body"].as_str()),
             (Some("reviewer"), Some(question))

@@ -226,6 +226,16 @@ impl TestApp {
         response.json().await.expect("json body")
     }
 
+    /// The newest message of conversation `id` (a JSON string).
+    pub async fn last_message(&self, id: &Value) -> Value {
+        let conversation = self.conversation(id).await;
+        conversation["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .cloned()
+            .expect("the conversation has messages")
+    }
+
     /// Posts a customer message and returns the JSON outcome (asserting 201).
     pub async fn message(&self, customer: &str, text: &str) -> Value {
         self.message_in(None, customer, text).await
