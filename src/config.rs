@@ -167,6 +167,34 @@ pub struct NotifyConfig {
     pub sla: SlaLadderConfig,
     /// Chat-frontend webhooks, one per tenant.
     pub webhooks: Vec<WebhookConfig>,
+    pub slack: SlackConfig,
+}
+
+/// Slack: new review items (and SLA warnings) posted to the channels SOPs
+/// name as `slack:#channel`. With a bot token, messages carry Claim / Approve
+/// draft / Open in console buttons and are updated whenever the item is
+/// claimed or resolved; a channel with an incoming webhook gets a plain
+/// message instead. Secrets are read from the named environment variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// Slack Web API base URL.
+    pub api_url: String,
+    /// Environment variable holding the bot token (`xoxb-…`, scopes
+    /// `chat:write`, and `users:read.email` to match reviewers by email).
+    /// Empty: no bot.
+    pub bot_token_env: String,
+    /// Environment variable holding the app's signing secret. Set, it turns
+    /// on `POST /slack/actions` (the app's Interactivity request URL).
+    pub signing_secret_env: String,
+    /// Channel → environment variable holding an incoming-webhook URL, used
+    /// for that channel instead of the bot (no buttons, no updates).
+    pub incoming_webhooks: BTreeMap<String, String>,
+    /// Slack user id → sopr user email, for people whose Slack email differs
+    /// from their console email (checked before asking Slack).
+    pub users: BTreeMap<String, String>,
+    /// Per-request timeout, in milliseconds.
+    pub timeout_ms: u64,
 }
 
 /// The SLA escalation ladder: who hears of items nobody has claimed.
@@ -462,6 +490,14 @@ impl Default for Config {
                     breach_notify: Vec::new(),
                 },
                 webhooks: Vec::new(),
+                slack: SlackConfig {
+                    api_url: "https://slack.com/api".into(),
+                    bot_token_env: String::new(),
+                    signing_secret_env: String::new(),
+                    incoming_webhooks: BTreeMap::new(),
+                    users: BTreeMap::new(),
+                    timeout_ms: 10_000,
+                },
             },
             bootstrap: BootstrapConfig {
                 demo_tenant: "demo".into(),
@@ -522,6 +558,7 @@ impl_default_from_config!(
     NotifyConfig => notify,
     SmtpConfig => notify.smtp,
     SlaLadderConfig => notify.sla,
+    SlackConfig => notify.slack,
     BootstrapConfig => bootstrap,
     LogConfig => log,
     LlmConfig => llm,
@@ -624,8 +661,95 @@ impl NotifyConfig {
                 );
             }
         }
+        self.slack.validate(self.lease_secs)
+    }
+}
+
+impl SlackConfig {
+    /// Whether a bot token is configured (buttons, updates, `/slack/actions`).
+    pub fn bot(&self) -> bool {
+        !self.bot_token_env.trim().is_empty()
+    }
+
+    /// Whether `slack:CHANNEL` can be delivered: by the bot, or by an
+    /// incoming webhook for that channel.
+    pub fn can_post(&self, channel: &str) -> bool {
+        self.bot() || self.incoming_webhook_env(channel).is_some()
+    }
+
+    /// The variable holding the channel's incoming-webhook URL (keys may be
+    /// written with or without `#`).
+    pub fn incoming_webhook_env(&self, channel: &str) -> Option<&str> {
+        let name = channel.trim_start_matches('#');
+        self.incoming_webhooks
+            .iter()
+            .find(|(k, _)| k.trim_start_matches('#') == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn validate(&self, lease_secs: u64) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| Err(ConfigError::Invalid { key, message });
+        let any = self.bot() || !self.incoming_webhooks.is_empty();
+        if any && !(self.api_url.starts_with("http://") || self.api_url.starts_with("https://")) {
+            return invalid(
+                "notify.slack.api_url".into(),
+                format!("`{}` must be an http:// or https:// URL", self.api_url),
+            );
+        }
+        for (key, var) in [
+            ("bot_token_env", &self.bot_token_env),
+            ("signing_secret_env", &self.signing_secret_env),
+        ] {
+            if !var.trim().is_empty() && env_value(var).is_none() {
+                return invalid(
+                    format!("notify.slack.{key}"),
+                    format!("environment variable `{var}` is not set"),
+                );
+            }
+        }
+        for (channel, var) in &self.incoming_webhooks {
+            let key = format!("notify.slack.incoming_webhooks.{channel}");
+            if !crate::notify::is_valid_target(&format!("slack:{channel}")) {
+                return invalid(key, format!("`{channel}` is not a channel name"));
+            }
+            match env_value(var) {
+                None => {
+                    return invalid(key, format!("environment variable `{var}` is not set"));
+                }
+                Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                    return invalid(
+                        key,
+                        format!("environment variable `{var}` does not hold an http(s) URL"),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        for (user, email) in &self.users {
+            let key = format!("notify.slack.users.{user}");
+            if user.is_empty() || !user.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return invalid(key, "must be a Slack user id such as `U012AB3CD`".into());
+            }
+            if email.parse::<lettre::Address>().is_err() {
+                return invalid(key, format!("`{email}` is not an email address"));
+            }
+        }
+        if self.timeout_ms == 0 || (any && self.timeout_ms >= lease_secs.saturating_mul(1000)) {
+            return invalid(
+                "notify.slack.timeout_ms".into(),
+                "must be positive and shorter than notify.lease_secs".into(),
+            );
+        }
         Ok(())
     }
+}
+
+/// A non-empty environment variable's value.
+pub fn env_value(var: &str) -> Option<String> {
+    std::env::var(var.trim())
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
 }
 
 /// A setting that cannot work, with the key that holds it.
@@ -1303,6 +1427,73 @@ mod tests {
                 !printed.contains("hunter2"),
                 "print-config masks the SMTP password"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn slack_settings_name_the_key_at_fault() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SOPR_TEST_SLACK_BOT", "xoxb-1-2-3");
+            jail.set_env(
+                "SOPR_TEST_SLACK_HOOK",
+                "https://hooks.slack.com/services/T/B/x",
+            );
+            jail.set_env("SOPR_TEST_SLACK_NOT_A_URL", "T/B/x");
+            let check = |edit: &dyn Fn(&mut SlackConfig)| {
+                let mut config = Config::default();
+                edit(&mut config.notify.slack);
+                config.validate().err().map(|e| e.to_string())
+            };
+            let good = |c: &mut SlackConfig| {
+                c.bot_token_env = "SOPR_TEST_SLACK_BOT".into();
+                c.incoming_webhooks = [("#alerts".into(), "SOPR_TEST_SLACK_HOOK".into())].into();
+                c.users = [("U012AB3CD".into(), "ana@example.com".into())].into();
+            };
+            assert_eq!(check(&good), None);
+            type Breaks<'a> = Box<dyn Fn(&mut SlackConfig) + 'a>;
+            let cases: Vec<(&str, Breaks)> = vec![
+                (
+                    "notify.slack.bot_token_env",
+                    Box::new(|c| c.bot_token_env = "SOPR_TEST_SLACK_UNSET".into()),
+                ),
+                (
+                    "notify.slack.signing_secret_env",
+                    Box::new(|c| c.signing_secret_env = "SOPR_TEST_SLACK_UNSET".into()),
+                ),
+                (
+                    "notify.slack.incoming_webhooks.#alerts",
+                    Box::new(|c| {
+                        c.incoming_webhooks =
+                            [("#alerts".into(), "SOPR_TEST_SLACK_NOT_A_URL".into())].into()
+                    }),
+                ),
+                (
+                    "notify.slack.incoming_webhooks.#no spaces",
+                    Box::new(|c| {
+                        c.incoming_webhooks =
+                            [("#no spaces".into(), "SOPR_TEST_SLACK_HOOK".into())].into()
+                    }),
+                ),
+                (
+                    "notify.slack.users.U012AB3CD",
+                    Box::new(|c| c.users = [("U012AB3CD".into(), "ana".into())].into()),
+                ),
+                (
+                    "notify.slack.api_url",
+                    Box::new(|c| {
+                        good(c);
+                        c.api_url = "slack.com/api".into();
+                    }),
+                ),
+                ("notify.slack.timeout_ms", Box::new(|c| c.timeout_ms = 0)),
+            ];
+            for (key, edit) in cases {
+                let err = check(&*edit).unwrap_or_else(|| panic!("{key} accepted"));
+                assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+                assert!(!err.contains("xoxb-1-2-3") && !err.contains("hooks.slack.com"));
+            }
             Ok(())
         });
     }

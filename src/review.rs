@@ -119,7 +119,27 @@ impl ReviewService {
         reviewer: &str,
     ) -> Result<Option<ReviewItem>, ReviewError> {
         let claim = self.claim(reviewer)?;
-        Ok(self.store.claim_next_review(tenant_id, &claim).await?)
+        let item = self.store.claim_next_review(tenant_id, &claim).await?;
+        Ok(match item {
+            Some(item) => Some(self.announce(item).await),
+            None => None,
+        })
+    }
+
+    /// Brings the item's Slack messages up to date after a change that is
+    /// committed already (claims take row locks in the store and write no
+    /// outbox rows; a crash in between leaves the message a step behind
+    /// until the next change).
+    async fn announce(&self, item: ReviewItem) -> ReviewItem {
+        if let Some(row) = self.notifier.slack_update(item.tenant_id, item.id).await
+            && let Err(err) = self
+                .store
+                .enqueue_notifications(item.tenant_id, &[row], Utc::now())
+                .await
+        {
+            tracing::warn!(review = %item.id, error = %err, "cannot queue the Slack update");
+        }
+        item
     }
 
     pub async fn claim_item(
@@ -129,7 +149,8 @@ impl ReviewService {
         reviewer: &str,
     ) -> Result<ReviewItem, ReviewError> {
         let claim = self.claim(reviewer)?;
-        Ok(self.store.claim_review(tenant_id, id, &claim).await?)
+        let item = self.store.claim_review(tenant_id, id, &claim).await?;
+        Ok(self.announce(item).await)
     }
 
     /// Heartbeat: extends the lease of an item the reviewer holds.
@@ -150,10 +171,11 @@ impl ReviewService {
         reviewer: &str,
     ) -> Result<ReviewItem, ReviewError> {
         let reviewer = validate_reviewer(reviewer)?;
-        Ok(self
+        let item = self
             .store
             .release_review(tenant_id, id, &reviewer, Utc::now())
-            .await?)
+            .await?;
+        Ok(self.announce(item).await)
     }
 
     /// Resolves an item the reviewer holds. `intent` corrects (or confirms) the
@@ -232,6 +254,7 @@ impl ReviewService {
                     .await,
             );
         }
+        notifications.extend(self.notifier.slack_update(tenant_id, id).await);
         let resolution = Resolution {
             review_id: id,
             reviewer: reviewer.clone(),
@@ -272,10 +295,11 @@ impl ReviewService {
             field: "assignee",
             message: "must be a non-empty name of at most 200 characters".into(),
         })?;
-        Ok(self
+        let item = self
             .store
             .assign_review(tenant_id, id, &actor, &claim)
-            .await?)
+            .await?;
+        Ok(self.announce(item).await)
     }
 
     /// Asks the customer for more information: the question goes to the
@@ -312,6 +336,7 @@ impl ReviewService {
                     .await,
             );
         }
+        notifications.extend(self.notifier.slack_update(tenant_id, id).await);
         let request = InfoRequest {
             review_id: id,
             reviewer: reviewer.clone(),
@@ -448,7 +473,8 @@ impl ReviewService {
             },
             now,
         };
-        Ok(self.store.reroute_review(tenant_id, &reroute).await?)
+        let item = self.store.reroute_review(tenant_id, &reroute).await?;
+        Ok(self.announce(item).await)
     }
 }
 

@@ -91,6 +91,11 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         llm,
         notifier.clone(),
     )?);
+    crate::notify::check_targets(&config.notify, &sops)
+        .map_err(|err| anyhow::anyhow!("invalid notification targets: {err}"))?;
+    let slack = crate::notify::slack::Slack::new(&config.notify, store.clone(), sops.clone())
+        .map_err(|err| anyhow::anyhow!("cannot set up Slack: {err}"))?
+        .map(Arc::new);
     let reviews = Arc::new(ReviewService::new(
         store.clone(),
         sops,
@@ -103,14 +108,17 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
             pipeline,
             reviews,
             config,
+            slack,
         },
         bootstrap_key,
         dispatcher,
     })
 }
 
-/// Says at start which SOP `notify` targets will not be delivered: email
-/// without `notify.smtp.url`, and Slack, which this version does not send.
+/// Says at start when SOP `notify` targets will not be delivered: email
+/// without `notify.smtp.url`, Slack without any `notify.slack` settings
+/// (once Slack is set up, [`crate::notify::check_targets`] refuses to start
+/// while a named channel cannot be reached).
 fn report_notify_targets(config: &Config, sops: &SopSet) {
     use secrecy::ExposeSecret;
     let targets: Vec<&str> = sops
@@ -119,16 +127,17 @@ fn report_notify_targets(config: &Config, sops: &SopSet) {
         .collect();
     let email = targets.iter().filter(|t| t.starts_with("email:")).count();
     let slack = targets.iter().filter(|t| t.starts_with("slack:")).count();
+    let s = &config.notify.slack;
+    if slack > 0 && !s.bot() && s.incoming_webhooks.is_empty() {
+        tracing::info!(
+            targets = slack,
+            "SOPs name Slack targets but notify.slack has no bot token or incoming webhook: no Slack message is sent"
+        );
+    }
     if email > 0 && config.notify.smtp.url.expose_secret().is_empty() {
         tracing::info!(
             targets = email,
             "SOPs name email targets but notify.smtp.url is empty: no email is sent"
-        );
-    }
-    if slack > 0 {
-        tracing::warn!(
-            targets = slack,
-            "SOPs name Slack targets; this version does not deliver to Slack yet"
         );
     }
 }

@@ -1214,3 +1214,77 @@ async fn outbox_rows_are_written_with_what_they_announce_and_leased_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn slack_messages_are_kept_per_item_and_signed_requests_are_accepted_once() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+        let id = review.unwrap();
+        let posted_by = Uuid::now_v7();
+        let message = sopr::store::SlackMessage {
+            channel: "C0CARDS".into(),
+            ts: "1700000000.000100".into(),
+            tenant_id: t.id,
+            review_id: id,
+            notification_id: posted_by,
+            event: "review.created".into(),
+            created_at: Utc::now(),
+        };
+        assert!(store.slack_message_for(posted_by).await.unwrap().is_none());
+        store.record_slack_message(&message).await.unwrap();
+        // Recording the same message again (a retried delivery) is harmless.
+        store.record_slack_message(&message).await.unwrap();
+        let found = store.slack_message_for(posted_by).await.unwrap().unwrap();
+        assert_eq!(
+            (found.channel.as_str(), found.ts.as_str()),
+            ("C0CARDS", "1700000000.000100")
+        );
+        let all = store.slack_messages(t.id, id).await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].event, "review.created");
+        let other = tenant(store.as_ref()).await;
+        assert!(
+            store.slack_messages(other.id, id).await.unwrap().is_empty(),
+            "per tenant"
+        );
+
+        let now = Utc::now();
+        let window = Duration::minutes(10);
+        assert!(
+            store
+                .remember_slack_request("v0=aa", now, now - window)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .remember_slack_request("v0=aa", now, now - window)
+                .await
+                .unwrap(),
+            "a replay"
+        );
+        assert!(
+            store
+                .remember_slack_request("v0=bb", now, now - window)
+                .await
+                .unwrap()
+        );
+        // Once the window has passed the signature is forgotten (its
+        // timestamp is stale by then, so it is refused before this).
+        let later = now + Duration::minutes(11);
+        assert!(
+            store
+                .remember_slack_request("v0=cc", later, later - window)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .remember_slack_request("v0=aa", later, later - window)
+                .await
+                .unwrap()
+        );
+    }
+}

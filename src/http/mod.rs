@@ -29,6 +29,7 @@ mod auth;
 pub mod console;
 pub mod error;
 mod reviews;
+pub mod slack;
 
 /// Shared clients, cloned into every handler.
 #[derive(Clone, FromRef)]
@@ -37,6 +38,8 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     pub reviews: Arc<ReviewService>,
     pub config: Arc<Config>,
+    /// Slack, when configured: the actions endpoint verifies and answers with it.
+    pub slack: Option<Arc<crate::notify::slack::Slack>>,
 }
 
 #[derive(Clone, Default)]
@@ -57,7 +60,10 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.server.max_body_bytes;
     let timeout = Duration::from_secs(state.config.server.request_timeout_secs);
     let console_enabled = state.config.console.enabled;
-    let mut router = Router::new().merge(api::router()).merge(reviews::router());
+    let mut router = Router::new()
+        .merge(api::router())
+        .merge(reviews::router())
+        .merge(slack::router());
     if console_enabled {
         router = router.merge(console::router());
     }

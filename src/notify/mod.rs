@@ -23,6 +23,7 @@ use crate::config::NotifyConfig;
 use crate::store::{DeliveryOutcome, NewMessage, NewNotification, Notification, Store};
 
 pub mod email;
+pub mod slack;
 pub mod webhook;
 
 /// Why a delivery failed.
@@ -58,11 +59,49 @@ pub fn is_valid_target(target: &str) -> bool {
     }
 }
 
+/// Checks, once Slack is configured, that every Slack target the SOPs and
+/// the SLA ladder name can be delivered: by the bot, or by an incoming
+/// webhook for that channel. (Without any Slack settings, Slack targets are
+/// skipped, as email targets are without SMTP.)
+pub fn check_targets(config: &NotifyConfig, sops: &crate::sop::SopSet) -> Result<(), String> {
+    if !config.slack.bot() && config.slack.incoming_webhooks.is_empty() {
+        return Ok(());
+    }
+    let from_sops = sops.active().flat_map(|s| {
+        let e = &s.file.escalation;
+        e.notify
+            .iter()
+            .map(move |t| (format!("SOP `{}` escalation.notify", s.id()), t))
+            .chain(
+                e.backup_notify
+                    .iter()
+                    .map(move |t| (format!("SOP `{}` escalation.backup_notify", s.id()), t)),
+            )
+    });
+    let from_config = config
+        .sla
+        .breach_notify
+        .iter()
+        .map(|t| ("notify.sla.breach_notify".to_string(), t));
+    for (place, target) in from_sops.chain(from_config) {
+        if let Some(channel) = target.strip_prefix("slack:")
+            && !config.slack.can_post(channel.trim())
+        {
+            return Err(format!(
+                "{place} names `{target}`, but notify.slack has neither bot_token_env nor an incoming webhook for `{}`",
+                channel.trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Decides which outbox rows an event writes.
 pub struct Notifier {
     console_url: String,
     webhook_tenants: Vec<String>,
     email: bool,
+    slack: crate::config::SlackConfig,
     tenant_names: Mutex<HashMap<Uuid, String>>,
     store: Arc<dyn Store>,
 }
@@ -74,6 +113,7 @@ impl Notifier {
             console_url: config.console_url.trim_end_matches('/').to_string(),
             webhook_tenants: config.webhooks.iter().map(|w| w.tenant.clone()).collect(),
             email: !config.smtp.url.expose_secret().is_empty(),
+            slack: config.slack.clone(),
             tenant_names: Mutex::new(HashMap::new()),
             store,
         }
@@ -146,8 +186,8 @@ impl Notifier {
     }
 
     /// Rows announcing a new review item to the SOP's `notify` targets.
-    /// Email targets are written when SMTP is configured; Slack targets are
-    /// not delivered by this version.
+    /// Email targets are written when SMTP is configured, Slack targets when
+    /// the channel has a bot token or incoming webhook.
     pub fn review_created(
         &self,
         targets: &[String],
@@ -167,7 +207,62 @@ impl Notifier {
             "due_at": review.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
             "link": format!("{}/console/items/{}", self.console_url, review.review_id),
         });
-        self.email_rows(targets, review.review_id, "review.created", &payload, false)
+        let mut rows =
+            self.email_rows(targets, review.review_id, "review.created", &payload, false);
+        rows.extend(self.slack_rows(targets, review.review_id, "review.created", false));
+        rows
+    }
+
+    /// One Slack row per `slack:` target the config can deliver. The message
+    /// is rendered from the item when it is delivered, so the payload only
+    /// names the item.
+    fn slack_rows(
+        &self,
+        targets: &[String],
+        review_id: Uuid,
+        event: &str,
+        once: bool,
+    ) -> Vec<NewNotification> {
+        targets
+            .iter()
+            .filter_map(|t| t.strip_prefix("slack:"))
+            .map(str::trim)
+            .filter(|channel| self.slack.can_post(channel))
+            .map(|channel| NewNotification {
+                id: Uuid::now_v7(),
+                review_id: Some(review_id),
+                channel: "slack".into(),
+                target: channel.to_string(),
+                event: event.into(),
+                payload: json!({ "review_id": review_id }),
+                dedupe_key: once.then(|| format!("{event}:{review_id}:slack:{channel}")),
+            })
+            .collect()
+    }
+
+    /// The row that brings the item's Slack messages up to date after a
+    /// claim, release, assignment or resolution; none when Slack has no bot
+    /// or nothing was posted about the item.
+    pub async fn slack_update(&self, tenant_id: Uuid, review_id: Uuid) -> Option<NewNotification> {
+        if !self.slack.bot() {
+            return None;
+        }
+        match self.store.slack_messages(tenant_id, review_id).await {
+            Ok(messages) if messages.is_empty() => None,
+            Ok(_) => Some(NewNotification {
+                id: Uuid::now_v7(),
+                review_id: Some(review_id),
+                channel: "slack".into(),
+                target: String::new(),
+                event: "review.updated".into(),
+                payload: json!({ "review_id": review_id }),
+                dedupe_key: None,
+            }),
+            Err(err) => {
+                tracing::warn!(review = %review_id, error = %err, "cannot look up Slack messages; they will not show this change");
+                None
+            }
+        }
     }
 
     /// One email row per `email:` target (none while SMTP is off). With
@@ -196,9 +291,9 @@ impl Notifier {
             .collect()
     }
 
-    /// The rows for one SLA ladder step of an item: email targets get a
-    /// `review.sla_warning` (step 1) or `review.sla_breached` (step 2), each
-    /// with a dedupe key so that the step goes out once.
+    /// The rows for one SLA ladder step of an item: email and Slack targets
+    /// get a `review.sla_warning` (step 1) or `review.sla_breached` (step 2),
+    /// each with a dedupe key so that the step goes out once.
     pub fn ladder_rows(
         &self,
         item: &crate::store::LadderCandidate,
@@ -229,7 +324,9 @@ impl Notifier {
             "due_at": item.due_at.format("%Y-%m-%d %H:%M UTC").to_string(),
             "link": format!("{}/console/items/{}", self.console_url, item.id),
         });
-        self.email_rows(targets, item.id, event, &payload, true)
+        let mut rows = self.email_rows(targets, item.id, event, &payload, true);
+        rows.extend(self.slack_rows(targets, item.id, event, true));
+        rows
     }
 }
 
@@ -256,6 +353,7 @@ pub struct Dispatcher {
     longest_sla: chrono::Duration,
     webhooks: webhook::Webhooks,
     mailer: Option<email::Mailer>,
+    slack: Option<slack::Slack>,
     config: NotifyConfig,
 }
 
@@ -274,7 +372,9 @@ impl Dispatcher {
             .chain([default_sla_minutes])
             .max()
             .unwrap_or(default_sla_minutes);
+        check_targets(config, &sops)?;
         Ok(Dispatcher {
+            slack: slack::Slack::new(config, store.clone(), sops.clone())?,
             store,
             sops,
             notifier,
@@ -418,6 +518,12 @@ impl Dispatcher {
                 Some(mailer) => mailer.deliver(n).await,
                 None => Err(DeliveryError::Transient(
                     "email is not configured (notify.smtp.url)".into(),
+                )),
+            },
+            "slack" => match &self.slack {
+                Some(slack) => slack.deliver(n).await,
+                None => Err(DeliveryError::Permanent(
+                    "Slack is not configured (notify.slack)".into(),
                 )),
             },
             other => Err(DeliveryError::Permanent(format!(

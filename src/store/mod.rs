@@ -390,6 +390,19 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// A message sopr posted to Slack about a review item.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SlackMessage {
+    /// The channel id Slack answered with (chat.update needs the id, not a name).
+    pub channel: String,
+    pub ts: String,
+    pub tenant_id: Uuid,
+    pub review_id: Uuid,
+    pub notification_id: Uuid,
+    pub event: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// An open, unclaimed item the SLA ladder may have to act on.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LadderCandidate {
@@ -745,6 +758,23 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_notifications(&self, before: DateTime<Utc>) -> Result<u64>;
     /// Rows per state across tenants: `(pending, dead)`.
     async fn notification_backlog(&self) -> Result<(i64, i64)>;
+
+    // --- Slack ----------------------------------------------------------------
+    /// Remembers a message posted to Slack (a second record of the same
+    /// message is ignored).
+    async fn record_slack_message(&self, message: &SlackMessage) -> Result<()>;
+    /// The Slack messages about an item, oldest first.
+    async fn slack_messages(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<SlackMessage>>;
+    /// The message an outbox row posted, if it got that far.
+    async fn slack_message_for(&self, notification_id: Uuid) -> Result<Option<SlackMessage>>;
+    /// Records a signed `/slack/actions` request by its signature and forgets
+    /// those received before `forget_before`; false when it was seen already.
+    async fn remember_slack_request(
+        &self,
+        signature: &str,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<bool>;
 
     // --- console views ----------------------------------------------------
     /// Unresolved items with their decision's route and flags, most urgent first.

@@ -1110,6 +1110,65 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn record_slack_message(&self, m: &SlackMessage) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO slack_messages (channel, ts, tenant_id, review_id, notification_id, event, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(&m.channel)
+                .bind(&m.ts)
+                .bind(m.tenant_id)
+                .bind(m.review_id)
+                .bind(m.notification_id)
+                .bind(&m.event)
+                .bind(m.created_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn slack_messages(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<SlackMessage>> {
+                Ok(sqlx::query_as::<_, SlackMessage>(
+                    "SELECT channel, ts, tenant_id, review_id, notification_id, event, created_at FROM slack_messages \
+                     WHERE tenant_id = $1 AND review_id = $2 ORDER BY created_at, ts",
+                )
+                .bind(tenant_id)
+                .bind(review_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn slack_message_for(&self, notification_id: Uuid) -> Result<Option<SlackMessage>> {
+                Ok(sqlx::query_as::<_, SlackMessage>(
+                    "SELECT channel, ts, tenant_id, review_id, notification_id, event, created_at FROM slack_messages \
+                     WHERE notification_id = $1",
+                )
+                .bind(notification_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn remember_slack_request(&self, signature: &str, now: DateTime<Utc>, forget_before: DateTime<Utc>) -> Result<bool> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                sqlx::query("DELETE FROM slack_requests WHERE received_at < $1")
+                    .bind(forget_before)
+                    .execute(&mut *tx)
+                    .await?;
+                let new = sqlx::query(
+                    "INSERT INTO slack_requests (signature, received_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(signature)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                tx.commit().await?;
+                Ok(new)
+            }
+
             async fn ladder_candidates(&self, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<LadderCandidate>> {
                 Ok(sqlx::query_as::<_, LadderCandidate>(
                     "SELECT id, tenant_id, sop_ref, priority, created_at, due_at, ladder_step FROM review_items \

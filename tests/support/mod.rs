@@ -5,6 +5,7 @@
 
 pub mod console;
 pub mod llm_server;
+pub mod slack_api;
 pub mod smtp_server;
 pub mod webhook_receiver;
 
