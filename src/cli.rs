@@ -457,7 +457,7 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
         store.migrate().await.context("cannot apply migrations")?;
     }
     let (sops, _) = crate::sop::SopSet::load(&config.sops.dir)?;
-    let examples = crate::service::training_examples(&config, &sops, extra)?;
+    let examples = crate::service::training_set(store.as_ref(), &config, &sops, extra).await?;
     let intents: std::collections::BTreeSet<&str> =
         examples.iter().map(|(l, _)| l.as_str()).collect();
     eprintln!(

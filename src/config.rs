@@ -78,6 +78,15 @@ pub struct RoutingConfig {
     /// Extra labelled CSV files (`text,intent` or `text,category`) to train on,
     /// on top of the SOP examples.
     pub training_data: Vec<PathBuf>,
+    /// Also train on reviewers' decisions: the customer message of each
+    /// resolved or rerouted item with the intent the reviewer confirmed or
+    /// chose (the latest decision per item, newest `feedback_max_examples`),
+    /// when that intent belongs to an active SOP. The model is shared by all
+    /// tenants, so this mixes tenants' messages into one model (it keeps
+    /// hashed features, not text). `serve` and `sopr train` retrain when the
+    /// feedback has changed.
+    pub learn_from_feedback: bool,
+    pub feedback_max_examples: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -427,6 +436,8 @@ impl Default for Config {
                 target_accuracy: None,
                 min_margin: 0.1,
                 training_data: Vec::new(),
+                learn_from_feedback: false,
+                feedback_max_examples: 20_000,
             },
             escalation: EscalationConfig {
                 force_review_flags: vec![

@@ -60,7 +60,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     }
     record_sop_versions(store.as_ref(), &sops).await?;
 
-    let examples = training_examples(&config, &sops, &[])?;
+    let examples = training_set(store.as_ref(), &config, &sops, &[]).await?;
     let (classifier, _) =
         load_or_train_router(store.as_ref(), &config, &examples, &|_, _, _| {}).await?;
 
@@ -194,6 +194,35 @@ pub fn training_examples(
     let mut examples = sops.training_examples();
     for file in config.routing.training_data.iter().chain(extra) {
         examples.extend(crate::routing::dataset::read_csv(file)?);
+    }
+    Ok(examples)
+}
+
+/// [`training_examples`] plus, with `routing.learn_from_feedback`, what
+/// reviewers decided: each labelled item's customer message with the intent
+/// they confirmed or chose, when an active SOP still has that intent.
+pub async fn training_set(
+    store: &dyn Store,
+    config: &Config,
+    sops: &SopSet,
+    extra: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut examples = training_examples(config, sops, extra)?;
+    if config.routing.learn_from_feedback {
+        let feedback = store
+            .feedback_examples(i64::from(config.routing.feedback_max_examples))
+            .await
+            .context("cannot read reviewer feedback for training")?;
+        let before = examples.len();
+        examples.extend(
+            feedback.into_iter().filter(|(intent, text)| {
+                !text.trim().is_empty() && sops.for_intent(intent).is_some()
+            }),
+        );
+        tracing::info!(
+            examples = examples.len() - before,
+            "training on reviewer feedback too"
+        );
     }
     Ok(examples)
 }

@@ -147,3 +147,48 @@ async fn intents_too_close_to_call_go_to_review() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn reviewer_decisions_train_the_router_when_enabled() {
+    for db in support::databases().await {
+        let app = support::spawn_app_on(db, |c| c.routing.learn_from_feedback = true).await;
+        let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
+        let intent = sops.active().next().unwrap().file.intents[0].clone();
+        let text = "I want a human: the thing with my account from yesterday";
+        let case = app.message("cust-1", text).await;
+        assert_eq!(case["outcome"], "queued", "{case}");
+        let id = case["review_id"].as_str().unwrap();
+        let claim = app
+            .post(
+                &format!("/v1/reviews/{id}/claim"),
+                &serde_json::json!({ "reviewer": "alice" }),
+            )
+            .await;
+        assert_eq!(claim.status(), 200);
+        let resolved = app
+            .post(
+                &format!("/v1/reviews/{id}/resolve"),
+                &serde_json::json!({ "reviewer": "alice", "action": "edit", "reply": "Done.", "intent": intent }),
+            )
+            .await;
+        assert_eq!(resolved.status(), 200);
+
+        let mut config = (*app.config).clone();
+        let examples = sopr::service::training_set(app.store.as_ref(), &config, &sops, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            examples.last(),
+            Some(&(intent.clone(), text.to_string())),
+            "the reviewer's label is a training example"
+        );
+        let with_feedback = sopr::service::build(config.clone()).await.unwrap();
+        config.routing.learn_from_feedback = false;
+        let without = sopr::service::build(config).await.unwrap();
+        assert_ne!(
+            with_feedback.state.pipeline.classifier().version(),
+            without.state.pipeline.classifier().version(),
+            "feedback makes a different model"
+        );
+    }
+}

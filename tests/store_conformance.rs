@@ -1288,3 +1288,64 @@ async fn slack_messages_are_kept_per_item_and_signed_requests_are_accepted_once(
         );
     }
 }
+
+#[tokio::test]
+async fn feedback_examples_take_each_items_latest_label_newest_first() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let t = tenant(store.as_ref()).await;
+        let labels = [Some("card_arrival"), None, Some("lost_or_stolen_card")];
+        for (i, label) in labels.into_iter().enumerate() {
+            let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+            let id = review.unwrap();
+            let reviewer = format!("r{i}");
+            store
+                .claim_review(t.id, id, &claim(&reviewer, 600))
+                .await
+                .unwrap();
+            if i == 2 {
+                // Rerouted with one label, then resolved with another: the last counts.
+                store
+                    .reroute_review(
+                        t.id,
+                        &Reroute {
+                            review_id: id,
+                            reviewer: reviewer.clone(),
+                            expected_version: None,
+                            sop_ref: "card-delivery@1".into(),
+                            draft: None,
+                            priority: 1,
+                            due_at: Utc::now() + Duration::minutes(60),
+                            event: NewReviewEvent {
+                                id: Uuid::now_v7(),
+                                actor: reviewer.clone(),
+                                kind: "rerouted".into(),
+                                data: json!({}),
+                            },
+                            feedback: NewFeedback {
+                                id: Uuid::now_v7(),
+                                label_intent: Some("card_delivery_estimate".into()),
+                            },
+                            now: Utc::now(),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            let mut r = resolution(id, &reviewer, None);
+            r.feedback.label_intent = label.map(String::from);
+            store.resolve_review(t.id, &r).await.unwrap();
+        }
+        let examples = store.feedback_examples(100).await.unwrap();
+        let got: Vec<&str> = examples.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            got,
+            ["card_arrival", "lost_or_stolen_card"],
+            "{}",
+            db.label()
+        );
+        assert!(examples.iter().all(|(_, text)| text == "where is my card"));
+        let newest = store.feedback_examples(1).await.unwrap();
+        assert_eq!(newest[0].0, "lost_or_stolen_card");
+    }
+}

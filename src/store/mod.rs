@@ -813,6 +813,10 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> Result<Vec<OutcomeCount>>;
     async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
+    /// `(intent, customer text)` from reviewers' decisions across tenants:
+    /// the latest labelled row per item, the newest `limit` items, oldest
+    /// first (a stable order, so the same feedback hashes to the same model).
+    async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>>;
 }
 
 impl Backend {

@@ -1343,6 +1343,20 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
+
+            async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>> {
+                Ok(sqlx::query_as::<_, (String, String)>(
+                    "SELECT label_intent, customer_text FROM (\
+                     SELECT f.label_intent, f.customer_text, f.created_at, f.id FROM feedback f \
+                     WHERE f.label_intent IS NOT NULL AND NOT EXISTS (\
+                     SELECT 1 FROM feedback g WHERE g.review_id = f.review_id AND g.label_intent IS NOT NULL \
+                     AND (g.created_at > f.created_at OR (g.created_at = f.created_at AND g.id > f.id))) \
+                     ORDER BY f.created_at DESC, f.id DESC LIMIT $1) recent ORDER BY created_at, id",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
         }
     };
 }
