@@ -267,12 +267,13 @@ pub fn render(
     let value = button_value(item.tenant_id, item.id);
     let mut actions = Vec::new();
     if buttons && state != ReviewState::Resolved {
-        if state != ReviewState::Claimed {
-            actions.push(json!({
-                "type": "button", "action_id": "claim", "value": value,
-                "text": { "type": "plain_text", "text": "Claim" },
-            }));
-        }
+        // Claim stays while someone holds the item: a lease that runs out
+        // changes nothing Slack hears about, and a click on a held item is
+        // refused with who holds it.
+        actions.push(json!({
+            "type": "button", "action_id": "claim", "value": value,
+            "text": { "type": "plain_text", "text": "Claim" },
+        }));
         if item.draft.is_some() {
             actions.push(json!({
                 "type": "button", "action_id": "approve", "value": value, "style": "primary",
@@ -830,7 +831,7 @@ mod tests {
     }
 
     #[test]
-    fn claimed_and_resolved_items_lose_their_buttons() {
+    fn claimed_items_say_who_holds_them_and_resolved_ones_lose_their_buttons() {
         let claimed = render(
             &view("claimed", Some("bo@example.com")),
             "review.created",
@@ -838,7 +839,7 @@ mod tests {
             true,
             Utc::now(),
         );
-        assert_eq!(action_ids(&claimed), ["approve", "open"]);
+        assert_eq!(action_ids(&claimed), ["claim", "approve", "open"]);
         assert!(claimed.to_string().contains("Claimed by bo@example.com"));
         let resolved = render(
             &view("resolved", None),
