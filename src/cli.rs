@@ -478,9 +478,12 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // The calibration and final fits train side by side: the bar follows
+    // the final one (the larger, so the last to finish).
     let progress = |phase: &str, epoch: usize, epochs: usize| match &bar {
+        Some(_) if phase != "final" => {}
         Some(bar) => {
-            bar.set_message(phase.to_string());
+            bar.set_message("training");
             bar.set_length(epochs as u64);
             bar.set_position(epoch as u64);
         }
