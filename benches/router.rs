@@ -35,6 +35,12 @@ fn router(c: &mut Criterion) {
             std::hint::black_box(model.classify(texts[i]))
         })
     });
+    c.bench_function("route one message (top 5 of 77 intents)", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            std::hint::black_box(model.classify_top(texts[i], 5))
+        })
+    });
     let long = "I was charged twice for the same card payment and I would like a refund please "
         .repeat(50);
     c.bench_function("classify a 4 KB message", |b| {

@@ -417,7 +417,9 @@ impl Pipeline {
         let mut flags = self.screen.screen(&inbound.text);
         let mut screen_us = t_screen.elapsed().as_micros() as u64;
         let t_route = Instant::now();
-        let ranked = self.classifier.classify(&inbound.text);
+        // Enough intents for the decision record (3) and the LLM's candidates.
+        let keep = self.config.llm.classifier.top_k.max(3);
+        let ranked = self.classifier.classify_top(&inbound.text, keep);
         let route_us = t_route.elapsed().as_micros() as u64;
         let (mut intent, mut confidence) = ranked.first().cloned().unwrap_or_default();
         let mut margin = confidence - ranked.get(1).map_or(0.0, |r| r.1);

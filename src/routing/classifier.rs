@@ -497,20 +497,39 @@ impl Classifier {
     /// Ranks every intent for a message. Text without any known feature (empty,
     /// emoji, another script) gets a uniform distribution.
     pub fn classify(&self, text: &str) -> Ranked {
+        self.classify_top(text, self.labels.len())
+    }
+
+    /// The `k` most probable intents, best first (probabilities still over
+    /// all intents). What routing needs per message: it selects the top
+    /// without sorting or copying every label.
+    pub fn classify_top(&self, text: &str, k: usize) -> Ranked {
         // Beyond a few thousand characters more text adds no signal, only cost.
         let text = match text.char_indices().nth(4000) {
             Some((cut, _)) => &text[..cut],
             None => text,
         };
         let probs = calibration::softmax(&self.logits(text), self.temperature);
-        let mut ranked: Ranked = self
-            .labels
-            .iter()
-            .cloned()
-            .zip(probs.into_iter().map(f64::from))
-            .collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        ranked
+        // Ties go to the label that sorts first, so the order is deterministic.
+        let better = |a: &usize, b: &usize| {
+            probs[*b]
+                .total_cmp(&probs[*a])
+                .then_with(|| self.labels[*a].cmp(&self.labels[*b]))
+        };
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        let k = k.min(order.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, better);
+            order.truncate(k);
+        }
+        order.sort_by(better);
+        order
+            .into_iter()
+            .map(|i| (self.labels[i].clone(), f64::from(probs[i])))
+            .collect()
     }
 
     /// Raw scores per label (in `labels()` order); all zero when no feature is known.
@@ -901,6 +920,21 @@ mod tests {
         let b = Classifier::train(&data(), &TrainOptions::default()).unwrap();
         assert_eq!(a.version(), b.version());
         assert_eq!(a.classify("euro rate"), b.classify("euro rate"));
+    }
+
+    #[test]
+    fn the_top_k_are_the_head_of_the_full_ranking() {
+        let model = Classifier::train(&data(), &TrainOptions::default()).unwrap();
+        for text in ["my card is lost", "euro rate", "", "🙂"] {
+            let all = model.classify(text);
+            for k in [0, 1, 3, all.len(), all.len() + 5] {
+                assert_eq!(
+                    model.classify_top(text, k),
+                    all[..k.min(all.len())],
+                    "{text} {k}"
+                );
+            }
+        }
     }
 
     #[test]
