@@ -450,6 +450,15 @@ fn eval(
                 );
             }
             println!("latency           p50 {p50:.1}µs  p99 {p99:.1}µs");
+            if !r.confused.is_empty() {
+                println!("most confused     (true -> predicted: errors, of which answered)");
+                for c in &r.confused {
+                    println!(
+                        "  {} -> {}: {}, {}",
+                        c.label, c.predicted, c.count, c.answered
+                    );
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

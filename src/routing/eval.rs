@@ -36,7 +36,24 @@ pub struct Report {
     pub auto_accuracy: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_of_scope: Option<OutOfScope>,
+    /// The intent pairs mistaken most often (in-scope rows), most frequent
+    /// first: where SOP authors should add examples or merge intents.
+    pub confused: Vec<Confusion>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Confusion {
+    /// The true intent.
+    pub label: String,
+    /// What the router chose instead.
+    pub predicted: String,
+    pub count: usize,
+    /// How many of those it was confident enough to answer (did not abstain).
+    pub answered: usize,
+}
+
+/// Pairs listed in `Report::confused`.
+const CONFUSED_PAIRS: usize = 10;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutOfScope {
@@ -107,6 +124,25 @@ pub fn report(scored: &[Scored]) -> Report {
         }
     });
 
+    let mut pairs: BTreeMap<(&str, &str), (usize, usize)> = BTreeMap::new();
+    for s in in_scope.iter().filter(|s| !correct(s)) {
+        let entry = pairs.entry((&s.label, &s.predicted)).or_default();
+        entry.0 += 1;
+        entry.1 += usize::from(!s.abstained);
+    }
+    let mut confused: Vec<Confusion> = pairs
+        .into_iter()
+        .map(|((label, predicted), (count, answered))| Confusion {
+            label: label.to_string(),
+            predicted: predicted.to_string(),
+            count,
+            answered,
+        })
+        .collect();
+    // Stable: equal counts stay in name order.
+    confused.sort_by_key(|c| std::cmp::Reverse(c.count));
+    confused.truncate(CONFUSED_PAIRS);
+
     Report {
         examples: scored.len(),
         accuracy,
@@ -117,6 +153,7 @@ pub fn report(scored: &[Scored]) -> Report {
         auto_coverage,
         auto_accuracy,
         out_of_scope,
+        confused,
     }
 }
 
@@ -217,6 +254,33 @@ mod tests {
         assert_eq!((oos.examples, oos.recall, oos.precision), (1, 1.0, 0.5));
         // F1: a = 2*(2/3*1)/(2/3+1) = 0.8, b = 2*(1*0.5)/1.5 = 0.667
         assert!((r.macro_f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-9);
+        // The oos row is not a confusion between intents.
+        assert_eq!(
+            r.confused,
+            vec![Confusion {
+                label: "b".into(),
+                predicted: "a".into(),
+                count: 1,
+                answered: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn confused_pairs_are_counted_and_ranked() {
+        let mut scored = vec![s("c", "d", 0.9), s("a", "b", 0.3)];
+        scored.extend((0..3).map(|_| s("b", "a", 0.6)));
+        scored.push(s("b", "a", 0.2));
+        let r = report(&scored);
+        let pairs: Vec<(&str, &str, usize, usize)> = r
+            .confused
+            .iter()
+            .map(|c| (c.label.as_str(), c.predicted.as_str(), c.count, c.answered))
+            .collect();
+        assert_eq!(
+            pairs,
+            vec![("b", "a", 4, 3), ("a", "b", 1, 0), ("c", "d", 1, 1)]
+        );
     }
 
     #[test]
