@@ -128,10 +128,14 @@ impl ReviewService {
 
     /// Brings the item's Slack messages up to date after a change that is
     /// committed already (claims take row locks in the store and write no
-    /// outbox rows; a crash in between leaves the message a step behind
-    /// until the next change).
+    /// outbox rows). If this row is lost (a crash in between, a failing
+    /// database), the dispatcher's `slack_round` queues the same update,
+    /// under the same dedupe key, once the item has settled.
     async fn announce(&self, item: ReviewItem) -> ReviewItem {
-        if let Some(row) = self.notifier.slack_update(item.tenant_id, item.id).await
+        if let Some(row) = self
+            .notifier
+            .slack_update(item.tenant_id, item.id, Some(item.version))
+            .await
             && let Err(err) = self
                 .store
                 .enqueue_notifications(item.tenant_id, &[row], Utc::now())
@@ -254,7 +258,7 @@ impl ReviewService {
                     .await,
             );
         }
-        notifications.extend(self.notifier.slack_update(tenant_id, id).await);
+        notifications.extend(self.notifier.slack_update(tenant_id, id, None).await);
         let resolution = Resolution {
             review_id: id,
             reviewer: reviewer.clone(),
@@ -336,7 +340,7 @@ impl ReviewService {
                     .await,
             );
         }
-        notifications.extend(self.notifier.slack_update(tenant_id, id).await);
+        notifications.extend(self.notifier.slack_update(tenant_id, id, None).await);
         let request = InfoRequest {
             review_id: id,
             reviewer: reviewer.clone(),

@@ -69,6 +69,13 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     report_notify_targets(&config, &sops);
     let sops = Arc::new(sops);
     let notifier = Arc::new(crate::notify::Notifier::new(&config.notify, store.clone()));
+    crate::notify::check_targets(&config.notify, &sops)
+        .map_err(|err| anyhow::anyhow!("invalid notification targets: {err}"))?;
+    // One Slack client for the dispatcher and `/slack/actions`, so they share
+    // the cache of Slack users' emails.
+    let slack = crate::notify::slack::Slack::new(&config.notify, store.clone(), sops.clone())
+        .map_err(|err| anyhow::anyhow!("cannot set up Slack: {err}"))?
+        .map(Arc::new);
     let dispatcher = if config.notify.dispatch {
         Some(
             crate::notify::Dispatcher::new(
@@ -76,6 +83,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
                 store.clone(),
                 sops.clone(),
                 notifier.clone(),
+                slack.clone(),
                 config.review.default_sla_minutes,
             )
             .map_err(|err| anyhow::anyhow!("cannot build the notification dispatcher: {err}"))?,
@@ -91,11 +99,6 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         llm,
         notifier.clone(),
     )?);
-    crate::notify::check_targets(&config.notify, &sops)
-        .map_err(|err| anyhow::anyhow!("invalid notification targets: {err}"))?;
-    let slack = crate::notify::slack::Slack::new(&config.notify, store.clone(), sops.clone())
-        .map_err(|err| anyhow::anyhow!("cannot set up Slack: {err}"))?
-        .map(Arc::new);
     let reviews = Arc::new(ReviewService::new(
         store.clone(),
         sops,

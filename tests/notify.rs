@@ -477,6 +477,7 @@ async fn the_sla_ladder_warns_the_backup_then_announces_the_breach_once() {
             app.store.clone(),
             set.clone(),
             notifier,
+            None,
             app.config.review.default_sla_minutes,
         )
         .unwrap()

@@ -454,6 +454,101 @@ async fn channels_with_an_incoming_webhook_get_a_plain_message_and_unreachable_c
     assert!(slack.calls("chat.postMessage").is_empty());
 }
 
+/// A second dispatcher on the app's database, as another replica runs it.
+fn replica(app: &TestApp) -> sopr::notify::Dispatcher {
+    let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
+    let notifier = std::sync::Arc::new(sopr::notify::Notifier::new(
+        &app.config.notify,
+        app.store.clone(),
+    ));
+    let sops = std::sync::Arc::new(sops);
+    let client =
+        sopr::notify::slack::Slack::new(&app.config.notify, app.store.clone(), sops.clone())
+            .unwrap()
+            .map(std::sync::Arc::new);
+    sopr::notify::Dispatcher::new(
+        &app.config.notify,
+        app.store.clone(),
+        sops,
+        notifier,
+        client,
+        app.config.review.default_sla_minutes,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_whose_slack_update_was_never_queued_is_repaired_once_the_item_settles() {
+    set_env();
+    for db in databases().await {
+        let slack = SlackApi::start().await;
+        let api_url = slack.api_url();
+        let app = spawn_app_on(db, move |c| {
+            c.notify.poll_ms = 50;
+            c.notify.slack.api_url = api_url;
+            c.notify.slack.bot_token_env = BOT_ENV.into();
+        })
+        .await;
+        claim_reaches_slack_without_its_own_update(&app, &slack).await;
+    }
+}
+
+async fn claim_reaches_slack_without_its_own_update(app: &TestApp, slack: &SlackApi) {
+    let (_, id) = queue_case(app, "cust-1").await;
+    slack
+        .wait_until("the new case posted", |s| s.posted().len() == 1)
+        .await;
+    let replica = replica(app);
+    let now = chrono::Utc::now();
+    assert_eq!(
+        replica
+            .slack_round(now + chrono::Duration::minutes(1))
+            .await
+            .unwrap(),
+        0,
+        "the message shows the item as it is"
+    );
+
+    // The claim commits, but the process stops before queueing its update:
+    // the store alone, without the review service that announces it.
+    let claim = sopr::store::Claim {
+        reviewer: "alice".into(),
+        now,
+        lease_until: now + chrono::Duration::minutes(15),
+    };
+    app.store
+        .claim_review(app.tenant.id, id.parse().unwrap(), &claim)
+        .await
+        .unwrap();
+    assert_eq!(
+        replica.slack_round(chrono::Utc::now()).await.unwrap(),
+        0,
+        "an item that just changed is left to its own update"
+    );
+    let settled = chrono::Utc::now() + sopr::notify::SLACK_SETTLE + chrono::Duration::seconds(1);
+    assert_eq!(replica.slack_round(settled).await.unwrap(), 1);
+    assert_eq!(
+        replica.slack_round(settled).await.unwrap(),
+        0,
+        "one update per version, however many rounds or replicas"
+    );
+    let ts = slack.posted()[0].clone();
+    slack
+        .wait_until("the message to show the claim", |s| {
+            shown(&s.message(&ts).unwrap()).contains("Claimed by alice")
+        })
+        .await;
+    assert_eq!(slack.calls("chat.update").len(), 1);
+    // Delivered: the message shows the item's version now.
+    assert_eq!(
+        replica
+            .slack_round(settled + chrono::Duration::minutes(1))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 #[tokio::test]
 async fn sla_breaches_are_posted_to_slack_once_and_kept_current_too() {
     let slack = SlackApi::start().await;
@@ -472,19 +567,7 @@ async fn sla_breaches_are_posted_to_slack_once_and_kept_current_too() {
         .await;
 
     // Another replica walks the ladder a day later, twice.
-    let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
-    let notifier = std::sync::Arc::new(sopr::notify::Notifier::new(
-        &app.config.notify,
-        app.store.clone(),
-    ));
-    let replica = sopr::notify::Dispatcher::new(
-        &app.config.notify,
-        app.store.clone(),
-        std::sync::Arc::new(sops),
-        notifier,
-        app.config.review.default_sla_minutes,
-    )
-    .unwrap();
+    let replica = replica(&app);
     let later = chrono::Utc::now() + chrono::Duration::days(1);
     assert_eq!(replica.ladder_round(later).await.unwrap(), 1);
     assert_eq!(replica.ladder_round(later).await.unwrap(), 0);

@@ -1250,6 +1250,58 @@ async fn slack_messages_are_kept_per_item_and_signed_requests_are_accepted_once(
             "per tenant"
         );
 
+        // What the message shows against what the item is.
+        let day_ago = Utc::now() - Duration::days(1);
+        let soon = Utc::now() + Duration::minutes(1);
+        store
+            .mark_slack_shown("C0CARDS", "1700000000.000100", 1)
+            .await
+            .unwrap();
+        let claim = sopr::store::Claim {
+            reviewer: "alice".into(),
+            now: Utc::now(),
+            lease_until: Utc::now() + Duration::minutes(15),
+        };
+        let claimed = store.claim_review(t.id, id, &claim).await.unwrap();
+        assert!(claimed.version > 1, "{}", claimed.version);
+        assert_eq!(
+            store.stale_slack_items(day_ago, soon, 10).await.unwrap(),
+            vec![(t.id, id, claimed.version)],
+            "the claim is not shown yet"
+        );
+        assert!(
+            store
+                .stale_slack_items(day_ago, claimed.updated_at, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "changed too recently"
+        );
+        assert!(
+            store
+                .stale_slack_items(soon, soon, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "posted before the look-back"
+        );
+        store
+            .mark_slack_shown("C0CARDS", "1700000000.000100", claimed.version)
+            .await
+            .unwrap();
+        // An older version recorded late does not go back.
+        store
+            .mark_slack_shown("C0CARDS", "1700000000.000100", claimed.version - 1)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .stale_slack_items(day_ago, soon, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
         let now = Utc::now();
         let window = Duration::minutes(10);
         assert!(

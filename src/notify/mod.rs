@@ -37,12 +37,20 @@ pub enum DeliveryError {
 
 /// Rows leased per round.
 const BATCH: i64 = 32;
-/// How often the dispatcher walks the SLA ladder.
+/// How often the dispatcher walks the SLA ladder and repairs Slack messages
+/// left behind (`slack_round`).
 const LADDER_EVERY: Duration = Duration::from_secs(10);
 /// Items the ladder looks at per round.
 const LADDER_BATCH: i64 = 500;
 /// How often the dispatcher prunes delivered rows and reports the backlog.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// How long an item must be unchanged before `slack_round` repairs its
+/// Slack messages: the change's own update normally lands within a second.
+pub const SLACK_SETTLE: chrono::Duration = chrono::Duration::seconds(30);
+/// Slack messages older than this are left as they are.
+const SLACK_LOOKBACK: chrono::Duration = chrono::Duration::days(7);
+/// Items repaired per `slack_round`.
+const SLACK_BATCH: i64 = 200;
 
 /// `email:ADDRESS` or `slack:#channel`, as SOP files and config write targets.
 pub fn is_valid_target(target: &str) -> bool {
@@ -242,26 +250,39 @@ impl Notifier {
 
     /// The row that brings the item's Slack messages up to date after a
     /// claim, release, assignment or resolution; none when Slack has no bot
-    /// or nothing was posted about the item.
-    pub async fn slack_update(&self, tenant_id: Uuid, review_id: Uuid) -> Option<NewNotification> {
+    /// or nothing was posted about the item. `version` is the item's version
+    /// after the change, when the caller knows it (see [`Notifier::slack_update_row`]).
+    pub async fn slack_update(
+        &self,
+        tenant_id: Uuid,
+        review_id: Uuid,
+        version: Option<i64>,
+    ) -> Option<NewNotification> {
         if !self.slack.bot() {
             return None;
         }
         match self.store.slack_messages(tenant_id, review_id).await {
             Ok(messages) if messages.is_empty() => None,
-            Ok(_) => Some(NewNotification {
-                id: Uuid::now_v7(),
-                review_id: Some(review_id),
-                channel: "slack".into(),
-                target: String::new(),
-                event: "review.updated".into(),
-                payload: json!({ "review_id": review_id }),
-                dedupe_key: None,
-            }),
+            Ok(_) => Some(Notifier::slack_update_row(review_id, version)),
             Err(err) => {
                 tracing::warn!(review = %review_id, error = %err, "cannot look up Slack messages; they will not show this change");
                 None
             }
+        }
+    }
+
+    /// A `review.updated` Slack row. With the item's version it carries a
+    /// dedupe key, so the change and the dispatcher's reconciliation
+    /// ([`Dispatcher::slack_round`]) queue one update per version between them.
+    pub fn slack_update_row(review_id: Uuid, version: Option<i64>) -> NewNotification {
+        NewNotification {
+            id: Uuid::now_v7(),
+            review_id: Some(review_id),
+            channel: "slack".into(),
+            target: String::new(),
+            event: "review.updated".into(),
+            payload: json!({ "review_id": review_id }),
+            dedupe_key: version.map(|v| format!("review.updated:{review_id}:slack:v{v}")),
         }
     }
 
@@ -353,16 +374,20 @@ pub struct Dispatcher {
     longest_sla: chrono::Duration,
     webhooks: webhook::Webhooks,
     mailer: Option<email::Mailer>,
-    slack: Option<slack::Slack>,
+    slack: Option<Arc<slack::Slack>>,
     config: NotifyConfig,
 }
 
 impl Dispatcher {
+    /// `slack` is the client from [`slack::Slack::new`] (shared with the
+    /// `/slack/actions` endpoint); callers check the SOPs' targets with
+    /// [`check_targets`] first.
     pub fn new(
         config: &NotifyConfig,
         store: Arc<dyn Store>,
         sops: Arc<crate::sop::SopSet>,
         notifier: Arc<Notifier>,
+        slack: Option<Arc<slack::Slack>>,
         default_sla_minutes: u32,
     ) -> Result<Dispatcher, String> {
         let longest = sops
@@ -372,9 +397,8 @@ impl Dispatcher {
             .chain([default_sla_minutes])
             .max()
             .unwrap_or(default_sla_minutes);
-        check_targets(config, &sops)?;
         Ok(Dispatcher {
-            slack: slack::Slack::new(config, store.clone(), sops.clone())?,
+            slack,
             store,
             sops,
             notifier,
@@ -396,6 +420,9 @@ impl Dispatcher {
                 last_ladder = Some(std::time::Instant::now());
                 if let Err(err) = self.ladder_round(Utc::now()).await {
                     tracing::warn!(error = %err, "SLA ladder round failed");
+                }
+                if let Err(err) = self.slack_round(Utc::now()).await {
+                    tracing::warn!(error = %err, "Slack reconciliation round failed");
                 }
             }
             if last_housekeeping.is_none_or(|t| t.elapsed() >= HOUSEKEEPING) {
@@ -425,6 +452,37 @@ impl Dispatcher {
         metrics::gauge!("sopr_notifications_pending").set(pending as f64);
         metrics::gauge!("sopr_notifications_dead").set(dead as f64);
         Ok(())
+    }
+
+    /// Re-renders the Slack messages that show an older version of their
+    /// item than it has, for items unchanged for [`SLACK_SETTLE`] (so the
+    /// change's own update has had its chance) and posted within
+    /// [`SLACK_LOOKBACK`]. This catches a replica that stopped between
+    /// committing a claim and queueing its update, and updates that gave up
+    /// while Slack was down. Returns how many updates it queued.
+    pub async fn slack_round(&self, now: DateTime<Utc>) -> Result<usize, crate::store::StoreError> {
+        if self.slack.is_none() || !self.config.slack.bot() {
+            return Ok(0);
+        }
+        let stale = self
+            .store
+            .stale_slack_items(now - SLACK_LOOKBACK, now - SLACK_SETTLE, SLACK_BATCH)
+            .await?;
+        let mut queued = 0;
+        for (tenant_id, review_id, version) in stale {
+            let row = Notifier::slack_update_row(review_id, Some(version));
+            queued += self
+                .store
+                .enqueue_notifications(tenant_id, &[row], Utc::now())
+                .await? as usize;
+        }
+        if queued > 0 {
+            tracing::info!(
+                items = queued,
+                "queued updates for Slack messages left behind"
+            );
+        }
+        Ok(queued)
     }
 
     /// One walk of the SLA ladder as of `now`: each open, unclaimed item

@@ -491,8 +491,23 @@ impl Slack {
         let now = self.view(n.tenant_id, review_id).await?;
         if earlier || now.item.version != view.item.version {
             self.update(&now, &posted).await?;
+        } else {
+            self.shown(&posted, view.item.version).await;
         }
         Ok(())
+    }
+
+    /// Records the item version a message shows, so the dispatcher's
+    /// reconciliation leaves it alone. A failure here only means one more
+    /// `chat.update` later.
+    async fn shown(&self, message: &SlackMessage, version: i64) {
+        if let Err(err) = self
+            .store
+            .mark_slack_shown(&message.channel, &message.ts, version)
+            .await
+        {
+            tracing::warn!(channel = %message.channel, ts = %message.ts, error = %err, "cannot record what the Slack message shows");
+        }
     }
 
     async fn update_all(&self, tenant_id: Uuid, review_id: Uuid) -> Result<(), DeliveryError> {
@@ -516,7 +531,7 @@ impl Slack {
         body["channel"] = json!(message.channel);
         body["ts"] = json!(message.ts);
         match self.api("chat.update", &body).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // Deleted by someone in Slack: nothing left to keep current.
             Err(DeliveryError::Permanent(err))
                 if err.contains("message_not_found")
@@ -524,10 +539,11 @@ impl Slack {
                     || err.contains("cant_update_message") =>
             {
                 tracing::info!(channel = %message.channel, ts = %message.ts, error = %err, "Slack message can no longer be updated");
-                Ok(())
             }
-            Err(err) => Err(err),
+            Err(err) => return Err(err),
         }
+        self.shown(message, view.item.version).await;
+        Ok(())
     }
 
     /// Calls a Web API method with the bot token and returns Slack's answer

@@ -767,6 +767,18 @@ pub trait Store: Send + Sync + 'static {
     async fn slack_messages(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<SlackMessage>>;
     /// The message an outbox row posted, if it got that far.
     async fn slack_message_for(&self, notification_id: Uuid) -> Result<Option<SlackMessage>>;
+    /// Records that a Slack message now shows this version of its item (an
+    /// older version than the one recorded is ignored).
+    async fn mark_slack_shown(&self, channel: &str, ts: &str, version: i64) -> Result<()>;
+    /// Items whose Slack messages (posted after `posted_after`) show an older
+    /// version than the item has, for items unchanged since `settled_before`:
+    /// `(tenant, item, version)`, at most `limit`.
+    async fn stale_slack_items(
+        &self,
+        posted_after: DateTime<Utc>,
+        settled_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Uuid, i64)>>;
     /// Records a signed `/slack/actions` request by its signature and forgets
     /// those received before `forget_before`; false when it was seen already.
     async fn remember_slack_request(

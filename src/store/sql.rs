@@ -1150,6 +1150,39 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn mark_slack_shown(&self, channel: &str, ts: &str, version: i64) -> Result<()> {
+                let (_writer, mut tx) = self.begin_write().await?;
+                sqlx::query(
+                    "UPDATE slack_messages SET shown_version = $3 WHERE channel = $1 AND ts = $2 AND shown_version < $3",
+                )
+                .bind(channel)
+                .bind(ts)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn stale_slack_items(
+                &self,
+                posted_after: DateTime<Utc>,
+                settled_before: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<(Uuid, Uuid, i64)>> {
+                Ok(sqlx::query_as::<_, (Uuid, Uuid, i64)>(
+                    "SELECT DISTINCT r.tenant_id, r.id, r.version FROM slack_messages m \
+                     JOIN review_items r ON r.id = m.review_id AND r.tenant_id = m.tenant_id \
+                     WHERE m.created_at > $1 AND m.shown_version < r.version AND r.updated_at < $2 \
+                     ORDER BY r.id LIMIT $3",
+                )
+                .bind(posted_after)
+                .bind(settled_before)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn remember_slack_request(&self, signature: &str, now: DateTime<Utc>, forget_before: DateTime<Utc>) -> Result<bool> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query("DELETE FROM slack_requests WHERE received_at < $1")
