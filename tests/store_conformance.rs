@@ -1231,6 +1231,7 @@ async fn slack_messages_are_kept_per_item_and_signed_requests_are_accepted_once(
             notification_id: posted_by,
             event: "review.created".into(),
             created_at: Utc::now(),
+            shown_version: 0,
         };
         assert!(store.slack_message_for(posted_by).await.unwrap().is_none());
         store.record_slack_message(&message).await.unwrap();

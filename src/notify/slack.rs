@@ -477,6 +477,7 @@ impl Slack {
                     notification_id: n.id,
                     event: n.event.clone(),
                     created_at: Utc::now(),
+                    shown_version: view.item.version,
                 };
                 self.store
                     .record_slack_message(&record)
@@ -491,8 +492,6 @@ impl Slack {
         let now = self.view(n.tenant_id, review_id).await?;
         if earlier || now.item.version != view.item.version {
             self.update(&now, &posted).await?;
-        } else {
-            self.shown(&posted, view.item.version).await;
         }
         Ok(())
     }

@@ -401,6 +401,8 @@ pub struct SlackMessage {
     pub notification_id: Uuid,
     pub event: String,
     pub created_at: DateTime<Utc>,
+    /// The item version the message shows.
+    pub shown_version: i64,
 }
 
 /// An open, unclaimed item the SLA ladder may have to act on.

@@ -1113,8 +1113,8 @@ macro_rules! impl_store {
             async fn record_slack_message(&self, m: &SlackMessage) -> Result<()> {
                 let (_writer, mut tx) = self.begin_write().await?;
                 sqlx::query(
-                    "INSERT INTO slack_messages (channel, ts, tenant_id, review_id, notification_id, event, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    "INSERT INTO slack_messages (channel, ts, tenant_id, review_id, notification_id, event, created_at, shown_version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
                 )
                 .bind(&m.channel)
                 .bind(&m.ts)
@@ -1123,6 +1123,7 @@ macro_rules! impl_store {
                 .bind(m.notification_id)
                 .bind(&m.event)
                 .bind(m.created_at)
+                .bind(m.shown_version)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -1131,7 +1132,7 @@ macro_rules! impl_store {
 
             async fn slack_messages(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<SlackMessage>> {
                 Ok(sqlx::query_as::<_, SlackMessage>(
-                    "SELECT channel, ts, tenant_id, review_id, notification_id, event, created_at FROM slack_messages \
+                    "SELECT channel, ts, tenant_id, review_id, notification_id, event, created_at, shown_version FROM slack_messages \
                      WHERE tenant_id = $1 AND review_id = $2 ORDER BY created_at, ts",
                 )
                 .bind(tenant_id)
@@ -1142,7 +1143,7 @@ macro_rules! impl_store {
 
             async fn slack_message_for(&self, notification_id: Uuid) -> Result<Option<SlackMessage>> {
                 Ok(sqlx::query_as::<_, SlackMessage>(
-                    "SELECT channel, ts, tenant_id, review_id, notification_id, event, created_at FROM slack_messages \
+                    "SELECT channel, ts, tenant_id, review_id, notification_id, event, created_at, shown_version FROM slack_messages \
                      WHERE notification_id = $1",
                 )
                 .bind(notification_id)
