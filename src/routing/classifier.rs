@@ -199,16 +199,21 @@ fn fnv(kind: u8, parts: &[&[u8]]) -> u64 {
 
 /// Hashed features of a text: word unigrams and bigrams, and character
 /// 1–5-grams inside each space-padded chunk. The vocabulary decides which count.
+#[cfg(test)]
 fn features(text: &str) -> Vec<(u64, Block)> {
-    let normalised = normalise(text);
+    features_of(&normalise(text))
+}
+
+/// [`features`] of an already normalised text.
+fn features_of(normalised: &str) -> Vec<(u64, Block)> {
     let mut out = Vec::with_capacity(normalised.len() * 6);
     out.extend(
-        word_features(&tokens_of(&normalised))
+        word_features(&tokens_of(normalised))
             .into_iter()
             .map(|h| (h, Block::Words)),
     );
     let mut grams = Vec::new();
-    for chunk in chunks_of(&normalised) {
+    for chunk in chunks_of(normalised) {
         grams.clear();
         chunk_features(chunk, &mut grams);
         out.extend(grams.iter().map(|&h| (h, Block::Chars)));
@@ -272,13 +277,13 @@ struct Chunks {
 }
 
 impl Chunks {
-    /// The known n-gram ids of every chunk that occurs at least twice in `texts`.
-    fn build<'a>(texts: impl Iterator<Item = &'a str>, vocab: &Vocab) -> Chunks {
+    /// The known n-gram ids of every chunk that occurs at least twice in the
+    /// (normalised) texts.
+    fn build(normalised: &[String], vocab: &Vocab) -> Chunks {
         let mut seen: HashMap<u64, u32, std::hash::BuildHasherDefault<PassThrough>> =
             HashMap::default();
         let mut order: Vec<&str> = Vec::new();
-        let normalised: Vec<String> = texts.map(normalise).collect();
-        for text in &normalised {
+        for text in normalised {
             for chunk in chunks_of(text) {
                 let count = seen.entry(chunk_key(chunk)).or_insert(0);
                 *count += 1;
@@ -386,7 +391,8 @@ impl Classifier {
         // Vocabulary and document frequencies.
         let mut vocab: Vocab = Vocab::default();
         let mut df: Vec<u32> = Vec::new();
-        let docs: Vec<Vec<(u64, Block)>> = examples.iter().map(|(_, t)| features(t)).collect();
+        let normalised: Vec<String> = examples.iter().map(|(_, t)| normalise(t)).collect();
+        let docs: Vec<Vec<(u64, Block)>> = normalised.iter().map(|t| features_of(t)).collect();
         let mut blocks: Vec<Block> = Vec::new();
         for doc in &docs {
             let mut seen: Vec<u32> = doc
@@ -412,7 +418,7 @@ impl Classifier {
             .map(|&d| ((1.0 + n_docs) / (1.0 + d as f32)).ln() + 1.0)
             .collect();
 
-        let chunks = Chunks::build(examples.iter().map(|(_, t)| t.as_str()), &vocab);
+        let chunks = Chunks::build(&normalised, &vocab);
         let mut model = Classifier {
             weights: vec![0.0; vocab.len() * labels.len()],
             bias: vec![0.0; labels.len()],
