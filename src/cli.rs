@@ -110,6 +110,10 @@ pub enum Command {
         /// Abstain below the threshold that reaches this accuracy on the calibration split
         #[arg(long, value_name = "ACCURACY", default_value_t = 0.99)]
         target_accuracy: f64,
+        /// Hidden units of the network added to the linear model, 0 for none
+        /// [default: routing.network_hidden]
+        #[arg(long, value_name = "UNITS")]
+        network_hidden: Option<usize>,
         /// Output format
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -228,6 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             holdout,
             seed,
             target_accuracy,
+            network_hidden,
             format,
         } => {
             anyhow::ensure!(
@@ -235,6 +240,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--target-accuracy must be in [0.5, 1)"
             );
             let seed = seed.unwrap_or(config.routing.seed);
+            let network_hidden = network_hidden.unwrap_or(config.routing.network_hidden);
+            anyhow::ensure!(
+                network_hidden <= crate::config::MAX_NETWORK_HIDDEN,
+                "--network-hidden must be at most {}",
+                crate::config::MAX_NETWORK_HIDDEN
+            );
             let (train, test) = match (data, train, test) {
                 (Some(data), _, _) => {
                     anyhow::ensure!(
@@ -250,7 +261,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 _ => anyhow::bail!("give --train and --test, or --data"),
             };
-            eval(&train, &test, seed, target_accuracy, format)
+            let options = crate::routing::classifier::TrainOptions {
+                seed,
+                target_accuracy: Some(target_accuracy),
+                mlp_hidden: network_hidden,
+                ..Default::default()
+            };
+            eval(&train, &test, &options, format)
         }
         Command::PrintConfig => {
             print!("{}", config.to_masked_toml());
@@ -363,18 +380,13 @@ const EVAL_TOP_K: usize = 5;
 fn eval(
     train: &[(String, String)],
     test: &[(String, String)],
-    seed: u64,
-    target_accuracy: f64,
+    options: &crate::routing::classifier::TrainOptions,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     use crate::routing::eval::{Scored, percentile, report};
-    let options = crate::routing::classifier::TrainOptions {
-        seed,
-        target_accuracy: Some(target_accuracy),
-        ..Default::default()
-    };
+    let target_accuracy = options.target_accuracy.unwrap_or(1.0);
     let started = std::time::Instant::now();
-    let model = crate::routing::Classifier::train(train, &options)?;
+    let model = crate::routing::Classifier::train(train, options)?;
     let train_secs = started.elapsed().as_secs_f64();
     let calibration = model.calibration().cloned();
     let threshold = calibration

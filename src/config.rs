@@ -62,6 +62,9 @@ pub struct SopsConfig {
     pub dir: PathBuf,
 }
 
+/// Beyond this the network costs more per message than it could add.
+pub const MAX_NETWORK_HIDDEN: usize = 512;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
@@ -87,6 +90,12 @@ pub struct RoutingConfig {
     /// feedback has changed.
     pub learn_from_feedback: bool,
     pub feedback_max_examples: u32,
+    /// Hidden units of the small neural network whose scores the router adds
+    /// to its linear model's; 0 (the default) routes with the linear model
+    /// alone. 64–128 units were 0.1–0.3 points more accurate on average over
+    /// five Banking77 splits (not on every split), at 3–4 µs more per
+    /// message and 1–2 s more training.
+    pub network_hidden: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -438,6 +447,7 @@ impl Default for Config {
                 training_data: Vec::new(),
                 learn_from_feedback: false,
                 feedback_max_examples: 20_000,
+                network_hidden: 0,
             },
             escalation: EscalationConfig {
                 force_review_flags: vec![
@@ -852,6 +862,12 @@ impl Config {
             return invalid(
                 "routing.target_accuracy",
                 "must be at least 0.5 and below 1".into(),
+            );
+        }
+        if self.routing.network_hidden > MAX_NETWORK_HIDDEN {
+            return invalid(
+                "routing.network_hidden",
+                format!("must be at most {MAX_NETWORK_HIDDEN}"),
             );
         }
         if !(0.0..1.0).contains(&self.routing.min_margin) {
@@ -1298,6 +1314,11 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("routing.default_min_confidence"), "{err}");
+            jail.create_file("sopr.toml", "[routing]\nnetwork_hidden = 4096\n")?;
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("routing.network_hidden"), "{err}");
             jail.create_file("sopr.toml", "[server]\nlisten = \"nope\"\n")?;
             let err = Config::load(None, &Overrides::default())
                 .unwrap_err()

@@ -234,6 +234,7 @@ pub fn train_options(config: &Config) -> TrainOptions {
     TrainOptions {
         seed: config.routing.seed,
         target_accuracy: config.routing.target_accuracy,
+        mlp_hidden: config.routing.network_hidden,
         ..TrainOptions::default()
     }
 }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::calibration::{self, Calibration};
 use super::dataset::stratified_split;
+use super::mlp::{Mlp, MlpOptions};
 use unicode_normalization::UnicodeNormalization;
 
 /// Intents ranked by probability, best first. Probabilities sum to 1.
@@ -45,6 +46,19 @@ pub struct TrainOptions {
     pub svm_weight: f32,
     /// The SVM's cost of a margin violation (liblinear's `C`).
     pub svm_cost: f32,
+    /// Hidden units of the network whose scores are added to the linear
+    /// model's; 0 trains the linear model alone.
+    pub mlp_hidden: usize,
+    pub mlp_epochs: usize,
+    pub mlp_learning_rate: f32,
+    /// Share of each training example's features the network does not see
+    /// (a new draw every epoch).
+    pub mlp_input_dropout: f32,
+    /// Weight of the network's scores in the sum.
+    pub mlp_weight: f32,
+    /// Features seen in fewer training examples are not the network's
+    /// inputs: a feature seen once would only teach it that one example.
+    pub mlp_min_df: u32,
 }
 
 impl Default for TrainOptions {
@@ -58,6 +72,12 @@ impl Default for TrainOptions {
             target_accuracy: None,
             svm_weight: 5.0,
             svm_cost: 1.0,
+            mlp_hidden: 0,
+            mlp_epochs: 10,
+            mlp_learning_rate: 0.05,
+            mlp_input_dropout: 0.5,
+            mlp_min_df: 2,
+            mlp_weight: 1.0,
             seed: 42,
         }
     }
@@ -85,6 +105,8 @@ pub struct Classifier {
     /// Row-major: `weights[feature * n_labels + label]`.
     weights: Vec<f32>,
     bias: Vec<f32>,
+    /// The non-linear scorer added to the linear one (empty when not trained).
+    mlp: Mlp,
     version: String,
     temperature: f32,
     calibration: Option<Calibration>,
@@ -272,7 +294,8 @@ fn chunk_features(chunk: &str, out: &mut Vec<u64>) {
 /// Chunk hash → the feature ids of its character n-grams (a range of `ids`).
 #[derive(Default)]
 struct Chunks {
-    index: HashMap<u64, (u32, u32), std::hash::BuildHasherDefault<PassThrough>>,
+    /// Chunk hash → start and length in `ids`, and place in insertion order.
+    index: HashMap<u64, (u32, u32, u32), std::hash::BuildHasherDefault<PassThrough>>,
     ids: Vec<u32>,
 }
 
@@ -308,13 +331,27 @@ impl Chunks {
     fn insert(&mut self, key: u64, ids: impl Iterator<Item = u32>) {
         let start = self.ids.len();
         self.ids.extend(ids);
+        let place = self.index.len() as u32;
         self.index
-            .insert(key, (start as u32, (self.ids.len() - start) as u32));
+            .insert(key, (start as u32, (self.ids.len() - start) as u32, place));
     }
 
-    fn get(&self, key: u64) -> Option<&[u32]> {
-        let &(start, len) = self.index.get(&key)?;
-        self.ids.get(start as usize..(start + len) as usize)
+    /// A known chunk's feature ids, and its place in insertion order.
+    fn get(&self, key: u64) -> Option<(&[u32], usize)> {
+        let &(start, len, place) = self.index.get(&key)?;
+        Some((
+            self.ids.get(start as usize..(start + len) as usize)?,
+            place as usize,
+        ))
+    }
+
+    /// Every chunk's feature ids, in insertion order.
+    fn in_order(&self) -> Vec<&[u32]> {
+        let mut all: Vec<(u32, u32, u32)> = self.index.values().copied().collect();
+        all.sort_unstable_by_key(|&(_, _, place)| place);
+        all.iter()
+            .map(|&(start, len, _)| &self.ids[start as usize..(start + len) as usize])
+            .collect()
     }
 }
 
@@ -412,6 +449,20 @@ impl Classifier {
                 df[id as usize] += 1;
             }
         }
+        // Ids in order of falling document frequency: the rows that most
+        // messages read sit together in memory, and the network reads only
+        // the head, the features seen in at least `mlp_min_df` examples.
+        let mut by_df: Vec<u32> = (0..vocab.len() as u32).collect();
+        by_df.sort_by_key(|&id| (std::cmp::Reverse(df[id as usize]), id));
+        let mut renumbered = vec![0u32; by_df.len()];
+        for (new, &old) in by_df.iter().enumerate() {
+            renumbered[old as usize] = new as u32;
+        }
+        for id in vocab.values_mut() {
+            *id = renumbered[*id as usize];
+        }
+        let blocks: Vec<Block> = by_df.iter().map(|&old| blocks[old as usize]).collect();
+        let df: Vec<u32> = by_df.iter().map(|&old| df[old as usize]).collect();
         let n_docs = docs.len() as f32;
         let idf: Vec<f32> = df
             .iter()
@@ -427,6 +478,7 @@ impl Classifier {
             chunks,
             blocks,
             idf,
+            mlp: Mlp::default(),
             version: String::new(),
             temperature: 1.0,
             calibration: None,
@@ -438,6 +490,29 @@ impl Classifier {
         model.fit(&rows, options, progress);
         if options.svm_weight > 0.0 {
             model.add_svm(&rows, options);
+        }
+        if options.mlp_hidden > 0 {
+            let inputs = df.iter().take_while(|&&d| d >= options.mlp_min_df).count();
+            let inputs_rows: Vec<(Vec<(u32, f32)>, usize)> = examples
+                .iter()
+                .map(|(label, text)| (model.network_input(text), label_index[label.as_str()]))
+                .collect();
+            let mut mlp = Mlp::fit(
+                &inputs_rows,
+                inputs,
+                model.labels.len(),
+                &MlpOptions {
+                    hidden: options.mlp_hidden,
+                    epochs: options.mlp_epochs,
+                    learning_rate: options.mlp_learning_rate,
+                    input_dropout: options.mlp_input_dropout,
+                    average_from: options.mlp_epochs / 3,
+                    seed: options.seed,
+                },
+            );
+            mlp.scale_output(options.mlp_weight);
+            mlp.index_chunks(&model.chunks.in_order(), &model.idf);
+            model.mlp = mlp;
         }
         model.version = Classifier::version_for(examples, options);
         Ok(model)
@@ -551,48 +626,97 @@ impl Classifier {
         }
     }
 
-    /// Sparse TF-IDF vector (sublinear TF, L2-normalised) over known features.
+    /// Sparse TF-IDF vector (sublinear TF, L2-normalised) over known features:
+    /// the linear model's input.
     fn vectorise(&self, text: &str) -> Vec<(u32, f32)> {
-        let normalised = normalise(text);
-        let mut ids: Vec<u32> = word_features(&tokens_of(&normalised))
+        self.weigh(self.count(&normalise(text), None), |tf| 1.0 + tf.ln())
+    }
+
+    /// The network's input: TF-IDF with raw counts, L2-normalised per family.
+    /// Counts, not their logarithm, make a message's input the sum of its
+    /// chunks' inputs, which is what lets `logits` add up the network's first
+    /// layer a whole known chunk at a time.
+    fn network_input(&self, text: &str) -> Vec<(u32, f32)> {
+        self.weigh(self.count(&normalise(text), None), |tf| tf)
+    }
+
+    /// Known feature ids of a normalised text with their counts, sorted by id.
+    /// With `first_layer`, also adds each occurrence's `idf × W1 row` to the
+    /// sum of its family: a known chunk's rows in one step, from `chunk_rows`.
+    fn count(
+        &self,
+        normalised: &str,
+        mut first_layer: Option<&mut [Vec<f32>; 2]>,
+    ) -> Vec<(u32, f32)> {
+        let mut ids: Vec<u32> = word_features(&tokens_of(normalised))
             .into_iter()
             .filter_map(|f| self.vocab.get(&f).copied())
             .collect();
+        if let Some(sums) = first_layer.as_deref_mut() {
+            for &id in &ids {
+                self.mlp
+                    .add_row(id, self.idf[id as usize], &mut sums[Block::Words as usize]);
+            }
+        }
         let mut grams = Vec::new();
-        for chunk in chunks_of(&normalised) {
+        for chunk in chunks_of(normalised) {
+            let start = ids.len();
             match self.chunks.get(chunk_key(chunk)) {
-                Some(known) => ids.extend_from_slice(known),
+                Some((known, index)) => {
+                    ids.extend_from_slice(known);
+                    if let Some(sums) = first_layer.as_deref_mut() {
+                        self.mlp.add_chunk(index, &mut sums[Block::Chars as usize]);
+                    }
+                    continue;
+                }
                 None => {
                     grams.clear();
                     chunk_features(chunk, &mut grams);
                     ids.extend(grams.iter().filter_map(|f| self.vocab.get(f).copied()));
                 }
             }
+            if let Some(sums) = first_layer.as_deref_mut() {
+                for &id in &ids[start..] {
+                    self.mlp
+                        .add_row(id, self.idf[id as usize], &mut sums[Block::Chars as usize]);
+                }
+            }
         }
         ids.sort_unstable();
         // Sorted ids: counting is a run-length pass, and float sums below run in
         // a fixed order.
-        let mut v: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
+        let mut counts: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
         for id in ids {
-            match v.last_mut() {
+            match counts.last_mut() {
                 Some((last, tf)) if *last == id => *tf += 1.0,
-                _ => v.push((id, 1.0)),
+                _ => counts.push((id, 1.0)),
             }
         }
+        counts
+    }
+
+    /// `tf(count) × idf` per feature, L2-normalised per family.
+    fn weigh(&self, mut v: Vec<(u32, f32)>, tf: impl Fn(f32) -> f32) -> Vec<(u32, f32)> {
         for (id, x) in &mut v {
-            *x = (1.0 + x.ln()) * self.idf[*id as usize];
+            *x = tf(*x) * self.idf[*id as usize];
         }
-        let mut norms = [0f32; 2];
-        for (id, x) in &v {
-            norms[self.blocks[*id as usize] as usize] += x * x;
-        }
+        let norms = self.norms(&v);
         for (id, x) in &mut v {
-            let norm = norms[self.blocks[*id as usize] as usize].sqrt();
+            let norm = norms[self.blocks[*id as usize] as usize];
             if norm > 0.0 {
                 *x /= norm;
             }
         }
         v
+    }
+
+    /// L2 norm of each feature family of a weighted vector.
+    fn norms(&self, v: &[(u32, f32)]) -> [f32; 2] {
+        let mut norms = [0f32; 2];
+        for (id, x) in v {
+            norms[self.blocks[*id as usize] as usize] += x * x;
+        }
+        norms.map(f32::sqrt)
     }
 
     fn scores_into(&self, x: &[(u32, f32)], out: &mut [f32]) {
@@ -646,11 +770,31 @@ impl Classifier {
 
     /// Raw scores per label (in `labels()` order); all zero when no feature is known.
     pub fn logits(&self, text: &str) -> Vec<f32> {
-        let x = self.vectorise(text);
+        let normalised = normalise(text);
         let mut scores = vec![0.0f32; self.labels.len()];
-        if !x.is_empty() {
-            self.scores_into(&x, &mut scores);
+        if self.mlp.hidden == 0 {
+            let x = self.weigh(self.count(&normalised, None), |tf| 1.0 + tf.ln());
+            if !x.is_empty() {
+                self.scores_into(&x, &mut scores);
+            }
+            return scores;
         }
+        let mut first_layer = [vec![0f32; self.mlp.hidden], vec![0f32; self.mlp.hidden]];
+        let counts = self.count(&normalised, Some(&mut first_layer));
+        if counts.is_empty() {
+            return scores;
+        }
+        // The network's input is the raw-count TF-IDF, so its norms come from
+        // the same counts as the linear model's vector.
+        let raw: Vec<(u32, f32)> = counts
+            .iter()
+            .map(|&(id, tf)| (id, tf * self.idf[id as usize]))
+            .collect();
+        let norms = self.norms(&raw);
+        let x = self.weigh(counts, |tf| 1.0 + tf.ln());
+        self.scores_into(&x, &mut scores);
+        self.mlp
+            .add_from_first_layer(&first_layer, norms, &mut scores);
         scores
     }
 
@@ -678,7 +822,7 @@ impl Classifier {
 /// The stored form of a trained model: a magic line, a JSON header, then the
 /// arrays in little-endian binary (a JSON array of millions of floats would be
 /// several times larger and slower to load).
-const MAGIC: &[u8; 8] = b"SOPRLR4\n";
+const MAGIC: &[u8; 8] = b"SOPRLR5\n";
 
 #[derive(Debug, thiserror::Error)]
 #[error("stored router model is unreadable: {0}")]
@@ -720,8 +864,12 @@ impl Classifier {
             out.extend_from_slice(&x.to_le_bytes());
         }
         // Chunks in id order, so equal models give equal bytes.
-        let mut chunks: Vec<(u64, (u32, u32))> =
-            self.chunks.index.iter().map(|(&k, &r)| (k, r)).collect();
+        let mut chunks: Vec<(u64, (u32, u32))> = self
+            .chunks
+            .index
+            .iter()
+            .map(|(&k, &(start, len, _))| (k, (start, len)))
+            .collect();
         chunks.sort_unstable_by_key(|(_, (start, _))| *start);
         out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
         for (key, (_, len)) in &chunks {
@@ -733,29 +881,28 @@ impl Classifier {
                 out.extend_from_slice(&id.to_le_bytes());
             }
         }
+        let mlp = &self.mlp;
+        out.extend_from_slice(&(mlp.hidden as u32).to_le_bytes());
+        out.extend_from_slice(&(mlp.inputs() as u32).to_le_bytes());
+        for x in mlp.w1.iter().chain(&mlp.b1).chain(&mlp.w2).chain(&mlp.b2) {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Classifier, ModelFormatError> {
         let bad = |m: &str| ModelFormatError(m.to_string());
-        let mut cursor = bytes
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| bad("not a sopr router model of this kind"))?;
-        let mut take = |len: usize| -> Result<&[u8], ModelFormatError> {
-            if cursor.len() < len {
-                return Err(bad("truncated"));
-            }
-            let (head, rest) = cursor.split_at(len);
-            cursor = rest;
-            Ok(head)
-        };
-        let header_len =
-            u32::from_le_bytes(take(4)?.try_into().map_err(|_| bad("header length"))?) as usize;
+        let mut r = Reader(
+            bytes
+                .strip_prefix(MAGIC.as_slice())
+                .ok_or_else(|| bad("not a sopr router model of this kind"))?,
+        );
+        let header_len = r.u32()? as usize;
         let header: Header =
-            serde_json::from_slice(take(header_len)?).map_err(|e| bad(&e.to_string()))?;
+            serde_json::from_slice(r.take(Some(header_len))?).map_err(|e| bad(&e.to_string()))?;
         let (n, k) = (header.features, header.labels.len());
-        let hashes = take(n * 8)?;
-        let vocab: Vocab = hashes
+        let vocab: Vocab = r
+            .take(n.checked_mul(8))?
             .chunks_exact(8)
             .enumerate()
             .map(|(id, c)| {
@@ -765,7 +912,8 @@ impl Classifier {
                 )
             })
             .collect();
-        let blocks = take(n)?
+        let blocks = r
+            .take(Some(n))?
             .iter()
             .map(|b| match b {
                 0 => Ok(Block::Words),
@@ -773,23 +921,11 @@ impl Classifier {
                 _ => Err(bad("unknown feature family")),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut floats = |count: usize| -> Result<Vec<f32>, ModelFormatError> {
-            Ok(take(count * 4)?
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect())
-        };
-        let idf = floats(n)?;
-        let bias = floats(k)?;
-        let weights = floats(n * k)?;
-        let u32s = |bytes: &[u8]| -> Vec<u32> {
-            bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect()
-        };
-        let n_chunks = u32s(take(4)?)[0] as usize;
-        let heads = take(n_chunks.checked_mul(12).ok_or_else(|| bad("truncated"))?)?;
+        let idf = r.floats(Some(n))?;
+        let bias = r.floats(Some(k))?;
+        let weights = r.floats(n.checked_mul(k))?;
+        let n_chunks = r.u32()? as usize;
+        let heads = r.take(n_chunks.checked_mul(12))?;
         let mut chunk_heads = Vec::with_capacity(n_chunks);
         let mut total = 0usize;
         for head in heads.chunks_exact(12) {
@@ -798,7 +934,25 @@ impl Classifier {
             total += len as usize;
             chunk_heads.push((key, len));
         }
-        let ids = u32s(take(total.checked_mul(4).ok_or_else(|| bad("truncated"))?)?);
+        let ids: Vec<u32> = r
+            .take(total.checked_mul(4))?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let hidden = r.u32()? as usize;
+        let inputs = r.u32()? as usize;
+        if inputs > n {
+            return Err(bad("inconsistent sizes"));
+        }
+        let mlp = Mlp {
+            hidden,
+            w1: r.floats(inputs.checked_mul(hidden))?,
+            b1: r.floats(Some(hidden))?,
+            w2: r.floats(hidden.checked_mul(k))?,
+            b2: r.floats(Some(if hidden == 0 { 0 } else { k }))?,
+            chunk_rows: Vec::new(),
+        };
+        let cursor = r.0;
         if !cursor.is_empty() || vocab.len() != n || k < 2 || ids.iter().any(|&id| id as usize >= n)
         {
             return Err(bad("inconsistent sizes"));
@@ -808,6 +962,8 @@ impl Classifier {
         for (key, len) in chunk_heads {
             chunks.insert(key, ids.by_ref().take(len as usize));
         }
+        let mut mlp = mlp;
+        mlp.index_chunks(&chunks.in_order(), &idf);
         Ok(Classifier {
             labels: header.labels,
             vocab,
@@ -816,10 +972,42 @@ impl Classifier {
             idf,
             weights,
             bias,
+            mlp,
             version: header.version,
             temperature: header.temperature,
             calibration: header.calibration,
         })
+    }
+}
+
+/// Reads a stored model front to back; every length is checked, so a
+/// truncated or corrupt model is an error, never a panic.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    /// The next `len` bytes (`None`: a length that overflowed).
+    fn take(&mut self, len: Option<usize>) -> Result<&'a [u8], ModelFormatError> {
+        let truncated = || ModelFormatError("truncated".to_string());
+        let len = len.ok_or_else(truncated)?;
+        if self.0.len() < len {
+            return Err(truncated());
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, ModelFormatError> {
+        let bytes = self.take(Some(4))?;
+        Ok(u32::from_le_bytes(bytes.try_into().unwrap_or_default()))
+    }
+
+    fn floats(&mut self, count: Option<usize>) -> Result<Vec<f32>, ModelFormatError> {
+        Ok(self
+            .take(count.and_then(|c| c.checked_mul(4)))?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect())
     }
 }
 
@@ -828,7 +1016,7 @@ pub type Progress<'a> = dyn Fn(&str, usize, usize) + Sync + 'a;
 
 /// Bumped whenever features or the model change, so stored models of an older
 /// kind are never reused.
-const MODEL_KIND: &str = "lr6";
+const MODEL_KIND: &str = "lr7";
 
 fn version_of(examples: &[(String, String)], options: &TrainOptions) -> String {
     let mut hasher = Sha256::new();
@@ -915,7 +1103,7 @@ fn svm_one_vs_rest(
     (w, b)
 }
 
-fn softmax_in_place(v: &mut [f32]) {
+pub(crate) fn softmax_in_place(v: &mut [f32]) {
     let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in v.iter_mut() {
@@ -940,6 +1128,11 @@ impl SplitMix64 {
             let j = (self.next() % (i as u64 + 1)) as usize;
             v.swap(i, j);
         }
+    }
+
+    /// Uniform in [-1, 1).
+    pub(crate) fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 
     fn next(&mut self) -> u64 {
@@ -1051,9 +1244,17 @@ mod tests {
         assert_eq!(model.classify(&huge)[0].0, "card_arrival");
     }
 
+    /// The default options with the network on.
+    fn with_network() -> TrainOptions {
+        TrainOptions {
+            mlp_hidden: 16,
+            ..TrainOptions::default()
+        }
+    }
+
     #[test]
     fn a_stored_model_classifies_exactly_like_the_original() {
-        let model = Classifier::train(&data(), &TrainOptions::default()).unwrap();
+        let model = Classifier::train(&data(), &with_network()).unwrap();
         let bytes = model.to_bytes();
         let loaded = Classifier::from_bytes(&bytes).unwrap();
         assert_eq!(loaded.version(), model.version());
@@ -1062,6 +1263,44 @@ mod tests {
         }
         assert!(Classifier::from_bytes(&bytes[..bytes.len() - 1]).is_err());
         assert!(Classifier::from_bytes(b"nonsense").is_err());
+        // The network is part of the stored model, and so is its absence.
+        assert_eq!(loaded.mlp, model.mlp);
+        assert!(model.mlp.hidden > 0);
+        let linear = TrainOptions {
+            mlp_hidden: 0,
+            ..TrainOptions::default()
+        };
+        let model = Classifier::train(&data(), &linear).unwrap();
+        let loaded = Classifier::from_bytes(&model.to_bytes()).unwrap();
+        assert_eq!(loaded.classify("euro rate"), model.classify("euro rate"));
+        assert_eq!(loaded.mlp.hidden, 0);
+    }
+
+    #[test]
+    fn the_network_adds_its_scores_to_the_linear_model() {
+        let model = Classifier::train_uncalibrated(&data(), &with_network()).unwrap();
+        // Known chunks ("where", "card") take the summed-rows path, unknown
+        // ones ("euros?", "wherever") the per-n-gram path: both must give
+        // the network's scores on its explicit input vector.
+        for text in [
+            "where is the euro card",
+            "wherever are my euros? card card",
+            "🙂 rate",
+        ] {
+            let mut expected = vec![0f32; 2];
+            model.scores_into(&model.vectorise(text), &mut expected);
+            let mut network = vec![0f32; 2];
+            model
+                .mlp
+                .add_scores(&model.network_input(text), &mut network);
+            assert!(
+                network.iter().any(|s| s.abs() > 1e-3),
+                "{text}: {network:?}"
+            );
+            for ((e, n), got) in expected.iter().zip(&network).zip(model.logits(text)) {
+                assert!((e + n - got).abs() < 1e-4, "{text}: {e} + {n} != {got}");
+            }
+        }
     }
 
     #[test]
@@ -1110,7 +1349,7 @@ mod tests {
 
     #[test]
     fn the_chunk_cache_only_saves_work() {
-        let model = Classifier::train(&data(), &TrainOptions::default()).unwrap();
+        let model = Classifier::train(&data(), &with_network()).unwrap();
         assert!(!model.chunks.index.is_empty());
         let mut bare = Classifier::from_bytes(&model.to_bytes()).unwrap();
         bare.chunks = Chunks::default();
@@ -1122,6 +1361,11 @@ mod tests {
             "",
         ] {
             assert_eq!(model.vectorise(text), bare.vectorise(text), "{text}");
+            // The network adds a known chunk's rows in one step; without
+            // the cache it adds them n-gram by n-gram, to the same scores.
+            for (a, b) in model.logits(text).iter().zip(bare.logits(text)) {
+                assert!((a - b).abs() < 1e-4, "{text}: {a} != {b}");
+            }
         }
     }
 

@@ -6,6 +6,7 @@ pub mod calibration;
 pub mod classifier;
 pub mod dataset;
 pub mod eval;
+pub mod mlp;
 pub mod screen;
 
 pub use classifier::{Classifier, Ranked};
