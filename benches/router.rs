@@ -41,6 +41,25 @@ fn router(c: &mut Criterion) {
             std::hint::black_box(model.classify_top(texts[i], 5))
         })
     });
+    let options = TrainOptions {
+        mlp_hidden: 0,
+        ..TrainOptions::default()
+    };
+    let started = Instant::now();
+    let linear = Classifier::train(&examples, &options).expect("trains");
+    println!(
+        "setup: without the network (routing.network_hidden = 0), training took {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    c.bench_function(
+        "route one message (top 5 of 77 intents, linear model only)",
+        |b| {
+            b.iter(|| {
+                i = (i + 1) % texts.len();
+                std::hint::black_box(linear.classify_top(texts[i], 5))
+            })
+        },
+    );
     let long = "I was charged twice for the same card payment and I would like a refund please "
         .repeat(50);
     c.bench_function("classify a 4 KB message", |b| {

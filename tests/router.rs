@@ -53,8 +53,8 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
         .collect();
     let r = report(&scored);
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
-    // Floors a little under what this model measures (0.919 accuracy, 0.917
-    // macro-F1, 0.022 ECE, 0.64 coverage at 99%), so a regression fails here.
+    // Floors a little under what this model measures (0.919 accuracy, 0.920
+    // macro-F1, 0.019 ECE, 0.62 coverage at 99%), so a regression fails here.
     assert!(r.accuracy >= 0.912, "accuracy {}", r.accuracy);
     assert!(r.macro_f1 >= 0.910, "macro-F1 {}", r.macro_f1);
     assert!(r.ece <= 0.03, "ECE {}", r.ece);

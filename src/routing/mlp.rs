@@ -3,13 +3,13 @@
 //! feature on its own; the hidden ReLU units respond to combinations of
 //! features, so the two make different mistakes and their summed scores are
 //! more accurate than either. On five stratified 80/20 splits of Banking77
-//! the linear model averages 91.69%, the network alone about 91%, and the
-//! sum 91.82–91.99% with 64–128 hidden units; the gain is not there on every
-//! split, so the network is off unless `routing.network_hidden` is set.
+//! the linear model averages 91.64% and the sum 91.81% with 64 hidden units,
+//! 91.84% with 128 (the default, `routing.network_hidden`); the gain is not
+//! there on every split.
 //!
-//! Its input is TF-IDF with raw counts (the linear model's uses log counts):
-//! with counts, a message's first-layer sum is the sum of its chunks', so a
-//! known word's n-gram rows are added as one precomputed row.
+//! Its input is the linear model's TF-IDF vector; the classifier adds its
+//! first-layer rows together with the linear model's (`Classifier::logits`),
+//! so a known word costs one precomputed row for both.
 //!
 //! Trained by SGD one example at a time with AdaGrad step sizes: per weight
 //! for the output layer, and per feature row for the (sparse) input layer,
@@ -32,9 +32,6 @@ pub struct Mlp {
     /// Row-major by hidden unit: `w2[unit * labels + label]`.
     pub(crate) w2: Vec<f32>,
     pub(crate) b2: Vec<f32>,
-    /// Per known chunk of the classifier, the sum of `idf × W1 row` over
-    /// its character n-grams: derived (`index_chunks`), not stored.
-    pub(crate) chunk_rows: Vec<f32>,
 }
 
 /// How to train the network.
@@ -73,7 +70,6 @@ impl Mlp {
             b1: vec![0.0; h],
             w2: (0..h * k).map(|_| rng.uniform() * scale2).collect(),
             b2: vec![0.0; k],
-            chunk_rows: Vec::new(),
         };
         let mut row_sq = vec![1e-8f32; n_features];
         let mut b1_sq = vec![1e-8f32; h];
@@ -85,7 +81,6 @@ impl Mlp {
             b1: vec![0.0; h],
             w2: vec![0.0; net.w2.len()],
             b2: vec![0.0; k],
-            chunk_rows: Vec::new(),
         };
         let mut averaged = 0usize;
         let mut act = vec![0f32; h];
@@ -204,57 +199,17 @@ impl Mlp {
         }
     }
 
-    /// Sums each chunk's first-layer rows (its n-gram ids, with repeats),
-    /// weighted by idf, so that `add_chunk` adds a whole chunk in one step.
-    pub fn index_chunks(&mut self, chunks: &[&[u32]], idf: &[f32]) {
-        let h = self.hidden;
-        let mut rows = vec![0f32; chunks.len() * h];
-        for (sum, ids) in rows.chunks_exact_mut(h.max(1)).zip(chunks) {
-            for &id in *ids {
-                self.add_row(id, idf[id as usize], sum);
-            }
+    /// Adds the network's scores to `out` given its hidden units'
+    /// pre-activations (`W1ᵀ x + b1`).
+    pub fn add_from_hidden(&self, hidden: &[f32], out: &mut [f32]) {
+        if self.hidden == 0 {
+            return;
         }
-        self.chunk_rows = if h == 0 { Vec::new() } else { rows };
-    }
-
-    /// Adds `weight ×` the first-layer row of feature `id` to `sum` (nothing
-    /// for a feature the network does not read).
-    pub fn add_row(&self, id: u32, weight: f32, sum: &mut [f32]) {
-        let h = self.hidden;
-        if let Some(row) = self.w1.get(id as usize * h..(id as usize + 1) * h) {
-            for (s, w) in sum.iter_mut().zip(row) {
-                *s += w * weight;
-            }
-        }
-    }
-
-    /// Adds the summed first-layer rows of the known chunk at `place`.
-    pub fn add_chunk(&self, place: usize, sum: &mut [f32]) {
-        let h = self.hidden;
-        if let Some(row) = self.chunk_rows.get(place * h..(place + 1) * h) {
-            for (s, w) in sum.iter_mut().zip(row) {
-                *s += w;
-            }
-        }
-    }
-
-    /// Finishes the forward pass from the first layer's sums per feature
-    /// family (unnormalised, see `add_row`) and each family's input norm,
-    /// adding the network's scores to `out`.
-    pub fn add_from_first_layer(&self, sums: &[Vec<f32>; 2], norms: [f32; 2], out: &mut [f32]) {
         let k = self.b2.len();
-        let mut act = self.b1.clone();
-        for (sum, norm) in sums.iter().zip(norms) {
-            if norm > 0.0 {
-                for (a, s) in act.iter_mut().zip(sum) {
-                    *a += s / norm;
-                }
-            }
-        }
         for (o, b) in out.iter_mut().zip(&self.b2) {
             *o += b;
         }
-        for (u, &a) in act.iter().enumerate() {
+        for (u, &a) in hidden.iter().enumerate() {
             if a > 0.0 {
                 for (o, w) in out.iter_mut().zip(&self.w2[u * k..(u + 1) * k]) {
                     *o += w * a;
