@@ -174,10 +174,9 @@ impl Mlp {
         }
     }
 
-    /// Hidden activations into `act` and output scores into `out`.
+    /// Hidden activations (after the ReLU) into `act` and output scores into `out`.
     fn forward(&self, x: &[(u32, f32)], act: &mut [f32], out: &mut [f32]) {
         let h = self.hidden;
-        let k = self.b2.len();
         act.copy_from_slice(&self.b1);
         for &(f, v) in x {
             let Some(row) = self.w1.get(f as usize * h..(f as usize + 1) * h) else {
@@ -187,15 +186,10 @@ impl Mlp {
                 *a += w * v;
             }
         }
-        out.copy_from_slice(&self.b2);
-        for (u, a) in act.iter_mut().enumerate() {
-            if *a > 0.0 {
-                for (o, w) in out.iter_mut().zip(&self.w2[u * k..(u + 1) * k]) {
-                    *o += w * *a;
-                }
-            } else {
-                *a = 0.0;
-            }
+        out.fill(0.0);
+        self.add_from_hidden(act, out);
+        for a in act.iter_mut() {
+            *a = a.max(0.0);
         }
     }
 
