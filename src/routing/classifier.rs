@@ -452,9 +452,9 @@ impl Classifier {
                 df[id as usize] += 1;
             }
         }
-        // Ids in order of falling document frequency: the rows that most
-        // messages read sit together in memory, and the network reads only
-        // the head, the features seen in at least `mlp_min_df` examples.
+        // Ids in order of falling document frequency, so that the features
+        // the network reads (seen in at least `mlp_min_df` examples) are a
+        // prefix of the ids and its first layer needs rows for them only.
         let mut by_df: Vec<u32> = (0..vocab.len() as u32).collect();
         by_df.sort_by_key(|&id| (std::cmp::Reverse(df[id as usize]), id));
         let mut renumbered = vec![0u32; by_df.len()];
