@@ -53,10 +53,10 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
         .collect();
     let r = report(&scored);
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
-    // Floors a little under what this model measures (0.919 accuracy, 0.920
-    // macro-F1, 0.019 ECE, 0.62 coverage at 99%), so a regression fails here.
-    assert!(r.accuracy >= 0.912, "accuracy {}", r.accuracy);
-    assert!(r.macro_f1 >= 0.910, "macro-F1 {}", r.macro_f1);
+    // Floors a little under what this model measures (0.921 accuracy, 0.921
+    // macro-F1, 0.017 ECE, 0.62 coverage at 99%), so a regression fails here.
+    assert!(r.accuracy >= 0.915, "accuracy {}", r.accuracy);
+    assert!(r.macro_f1 >= 0.914, "macro-F1 {}", r.macro_f1);
     assert!(r.ece <= 0.03, "ECE {}", r.ece);
     assert!(
         r.coverage_at_accuracy["0.99"] >= 0.60,
