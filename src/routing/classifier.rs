@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use super::calibration::{self, Calibration};
-use super::dataset::stratified_split;
+use super::dataset::{stratified_folds, stratified_split};
 use super::mlp::{Mlp, MlpOptions};
 use unicode_normalization::UnicodeNormalization;
 
@@ -40,6 +40,11 @@ pub struct TrainOptions {
     /// Share of the data held out (per intent) to fit the temperature and
     /// thresholds; the final model is then trained on everything.
     pub calibration_fraction: f64,
+    /// Data sets with fewer examples than this are calibrated on
+    /// cross-validated scores instead of one held-out share (see `calibrate`).
+    pub cross_fit_below: usize,
+    /// Folds of that cross-validation.
+    pub calibration_folds: usize,
     /// Accuracy the automatically answered traffic should reach; picks `Calibration::threshold`.
     pub target_accuracy: Option<f64>,
     /// Weight of the one-vs-rest linear SVM's scores added to the logistic
@@ -70,6 +75,8 @@ impl Default for TrainOptions {
             l2: 1e-5,
             average_from: 2,
             calibration_fraction: 0.15,
+            cross_fit_below: 2_000,
+            calibration_folds: 5,
             target_accuracy: None,
             svm_weight: 5.0,
             svm_cost: 1.0,
@@ -825,6 +832,19 @@ impl Classifier {
         scores
     }
 
+    /// Logits and the label index of every example whose label this model knows.
+    fn scores_of(&self, examples: &[(String, String)]) -> Vec<(Vec<f32>, usize)> {
+        examples
+            .iter()
+            .filter_map(|(label, text)| {
+                Some((
+                    self.logits(text),
+                    self.labels.iter().position(|l| l == label)?,
+                ))
+            })
+            .collect()
+    }
+
     /// The version a model trained on these examples with these options gets:
     /// the key under which trained models are stored and found again.
     pub fn version_for(examples: &[(String, String)], options: &TrainOptions) -> String {
@@ -1172,30 +1192,61 @@ impl SplitMix64 {
     }
 }
 
-/// Fits the temperature (and threshold) on a held-out split of `examples`.
+/// Scores of every example from a model trained on the folds it is not in
+/// (see `calibrate`). An example whose intent has no other example in training
+/// has nothing to be scored against and is left out.
+fn cross_fitted_scores(
+    examples: &[(String, String)],
+    options: &TrainOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<(Vec<f32>, usize)> {
+    let k = options.calibration_folds;
+    let folds = stratified_folds(examples, k, options.seed ^ 0x5eed);
+    let mut rows = Vec::with_capacity(examples.len());
+    for fold in 0..k {
+        let (fit, held): (Vec<_>, Vec<_>) =
+            examples.iter().zip(&folds).partition(|(_, f)| **f != fold);
+        let fit: Vec<(String, String)> = fit.into_iter().map(|(e, _)| e.clone()).collect();
+        let held: Vec<(String, String)> = held.into_iter().map(|(e, _)| e.clone()).collect();
+        let report = |epoch: usize, epochs: usize| progress(fold * epochs + epoch, k * epochs);
+        // A fold whose training part has a single intent cannot be fitted;
+        // its examples go unscored.
+        if let Ok(inner) = Classifier::fit_examples(&fit, options, &report) {
+            rows.extend(inner.scores_of(&held));
+        }
+    }
+    rows
+}
+
+/// Fits the temperature (and threshold) on scores of examples the scoring
+/// model did not see. Large data sets hold out `calibration_fraction` per
+/// intent and score it with a model trained on the rest. Below
+/// `cross_fit_below` examples that share would be too small to trust (15% of
+/// ten examples per intent is one or two), so every example is scored by a
+/// model trained on the other `calibration_folds − 1` folds: a few more small
+/// fits for a temperature and threshold fitted on all the data.
 fn calibrate(
     examples: &[(String, String)],
     options: &TrainOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Option<Calibration> {
-    let (fit, held) = stratified_split(
-        examples,
-        options.calibration_fraction,
-        options.seed ^ 0x5eed,
-    );
-    if held.len() < 20 {
+    let rows = if examples.len() < options.cross_fit_below && options.calibration_folds >= 2 {
+        cross_fitted_scores(examples, options, progress)
+    } else {
+        let (fit, held) = stratified_split(
+            examples,
+            options.calibration_fraction,
+            options.seed ^ 0x5eed,
+        );
+        if held.len() < 20 {
+            return None;
+        }
+        let inner = Classifier::fit_examples(&fit, options, progress).ok()?;
+        inner.scores_of(&held)
+    };
+    if rows.len() < 20 {
         return None;
     }
-    let inner = Classifier::fit_examples(&fit, options, progress).ok()?;
-    let rows: Vec<(Vec<f32>, usize)> = held
-        .iter()
-        .filter_map(|(label, text)| {
-            Some((
-                inner.logits(text),
-                inner.labels.iter().position(|l| l == label)?,
-            ))
-        })
-        .collect();
     let temperature = calibration::fit_temperature(&rows);
     let pairs_at =
         |t: f32| -> Vec<(f64, bool)> {
@@ -1249,6 +1300,61 @@ mod tests {
             out.push(("exchange_rate".to_string(), t.to_string()));
         }
         out
+    }
+
+    /// `per_intent` made-up examples for each of three intents, and one
+    /// example of a fourth.
+    fn small_data(per_intent: usize) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (intent, words) in [
+            ("card_arrival", ["card", "arrived", "post", "delivery"]),
+            ("exchange_rate", ["rate", "euro", "dollars", "convert"]),
+            ("top_up", ["top", "up", "add", "money"]),
+        ] {
+            for i in 0..per_intent {
+                let text = format!(
+                    "{} {} {} {i}",
+                    words[i % 4],
+                    words[(i + 1) % 4],
+                    words[(i + 2) % 4]
+                );
+                out.push((intent.to_string(), text));
+            }
+        }
+        out.push((
+            "lone_intent".to_string(),
+            "something else entirely".to_string(),
+        ));
+        out
+    }
+
+    #[test]
+    fn small_data_is_calibrated_on_every_example_it_can_score() {
+        let data = small_data(10);
+        let model = Classifier::train(&data, &TrainOptions::default()).unwrap();
+        let calibration = model.calibration().expect("calibrated");
+        // The lone intent's example has no other to be scored against.
+        assert_eq!(calibration.holdout_examples, data.len() - 1);
+        assert!(calibration.holdout_accuracy > 0.9, "{calibration:?}");
+        // One 15% share would hold out 6 examples, too few to calibrate on.
+        let split = TrainOptions {
+            cross_fit_below: 0,
+            ..TrainOptions::default()
+        };
+        assert!(
+            Classifier::train(&data, &split)
+                .unwrap()
+                .calibration()
+                .is_none()
+        );
+        // A larger set is calibrated on its held-out share alone.
+        let data = small_data(60);
+        let model = Classifier::train(&data, &split).unwrap();
+        let held = model.calibration().expect("calibrated").holdout_examples;
+        assert_eq!(
+            held, 27,
+            "15% of 60 per intent, the lone example stays in training"
+        );
     }
 
     #[test]

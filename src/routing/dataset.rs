@@ -108,6 +108,29 @@ pub fn stratified_split(
     (train, test)
 }
 
+/// Assigns every example one of `k` folds, stratified per label: each
+/// label's examples, shuffled with `seed`, are dealt round the folds in turn,
+/// continuing where the previous label stopped, so that even labels with fewer
+/// than `k` examples spread the folds' sizes evenly.
+pub fn stratified_folds(examples: &[(String, String)], k: usize, seed: u64) -> Vec<usize> {
+    let k = k.max(1);
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (label, _)) in examples.iter().enumerate() {
+        by_label.entry(label).or_default().push(i);
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut fold = vec![0; examples.len()];
+    let mut next = 0;
+    for indices in by_label.values_mut() {
+        rng.shuffle(indices);
+        for &i in indices.iter() {
+            fold[i] = next % k;
+            next += 1;
+        }
+    }
+    fold
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +151,34 @@ mod tests {
         assert_eq!(test.iter().filter(|(l, _)| l == "b").count(), 15);
         assert_eq!(stratified_split(&data, 0.2, 7).1, test);
         assert_ne!(stratified_split(&data, 0.2, 8).1, test);
+    }
+
+    #[test]
+    fn folds_are_stratified_balanced_and_deterministic() {
+        let data: Examples = (0..103)
+            .map(|i| (format!("l{}", i % 7), format!("text {i}")))
+            .collect();
+        let folds = stratified_folds(&data, 5, 3);
+        let sizes: Vec<usize> = (0..5)
+            .map(|f| folds.iter().filter(|&&x| x == f).count())
+            .collect();
+        assert!(sizes.iter().all(|&n| n == 20 || n == 21), "{sizes:?}");
+        // Each label's examples are spread over the folds.
+        for label in 0..7 {
+            let mut per_fold = [0usize; 5];
+            for (i, (l, _)) in data.iter().enumerate() {
+                if *l == format!("l{label}") {
+                    per_fold[folds[i]] += 1;
+                }
+            }
+            let (lo, hi) = (per_fold.iter().min(), per_fold.iter().max());
+            assert!(
+                hi.unwrap() - lo.unwrap() <= 1,
+                "label {label}: {per_fold:?}"
+            );
+        }
+        assert_eq!(stratified_folds(&data, 5, 3), folds);
+        assert_ne!(stratified_folds(&data, 5, 4), folds);
     }
 
     #[test]
