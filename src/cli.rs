@@ -80,7 +80,8 @@ pub enum Command {
     /// at 95/98/99% accuracy, accuracy at 70/80/90% coverage), out-of-scope recall and precision when
     /// the test file has rows labelled `oos`, and classification latency. CSV files need a header
     /// with a `text` column and an `intent` or `category` column. Use --data with --holdout to split
-    /// one file (stratified, fixed seed) instead of --train/--test.
+    /// one file (stratified, fixed seed) instead of --train/--test, or --data with --folds K to
+    /// cross-validate: K models, each tested on the share it did not see, every row tested once.
     Eval {
         /// Training CSV
         #[arg(
@@ -104,6 +105,10 @@ pub enum Command {
         /// Share of --data held out for the test, per intent
         #[arg(long, default_value_t = 0.2, value_name = "FRACTION")]
         holdout: f64,
+        /// Cross-validate on --data instead: split it into K folds per intent and test each on a
+        /// model trained on the others (a steadier measure than one split, K times the training)
+        #[arg(long, value_name = "K", requires = "data", conflicts_with_all = ["holdout", "train", "test"])]
+        folds: Option<usize>,
         /// Seed for the split and training [default: routing.seed]
         #[arg(long)]
         seed: Option<u64>,
@@ -230,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             test,
             data,
             holdout,
+            folds,
             seed,
             target_accuracy,
             network_hidden,
@@ -246,6 +252,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--network-hidden must be at most {}",
                 crate::config::MAX_NETWORK_HIDDEN
             );
+            let options = crate::routing::classifier::TrainOptions {
+                seed,
+                target_accuracy: Some(target_accuracy),
+                mlp_hidden: network_hidden,
+                ..Default::default()
+            };
+            if let (Some(k), Some(data)) = (folds, &data) {
+                anyhow::ensure!(
+                    (2..=MAX_EVAL_FOLDS).contains(&k),
+                    "--folds must be between 2 and {MAX_EVAL_FOLDS}"
+                );
+                let all = crate::routing::dataset::read_csv(data)?;
+                let fold_of = crate::routing::dataset::stratified_folds(&all, k, seed);
+                let mut runs = Vec::with_capacity(k);
+                for fold in 0..k {
+                    let (train, test) = crate::routing::dataset::fold_split(&all, &fold_of, fold);
+                    runs.push(eval_run(&train, &test, &options)?);
+                }
+                return eval(&runs, target_accuracy, format);
+            }
             let (train, test) = match (data, train, test) {
                 (Some(data), _, _) => {
                     anyhow::ensure!(
@@ -261,13 +287,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 _ => anyhow::bail!("give --train and --test, or --data"),
             };
-            let options = crate::routing::classifier::TrainOptions {
-                seed,
-                target_accuracy: Some(target_accuracy),
-                mlp_hidden: network_hidden,
-                ..Default::default()
-            };
-            eval(&train, &test, &options, format)
+            let run = eval_run(&train, &test, &options)?;
+            eval(&[run], target_accuracy, format)
         }
         Command::PrintConfig => {
             print!("{}", config.to_masked_toml());
@@ -377,14 +398,26 @@ pub fn check_sops(dir: &std::path::Path, format: Format) -> ExitCode {
 /// routing asks for with the default `llm.classifier.top_k`.
 const EVAL_TOP_K: usize = 5;
 
-fn eval(
+/// Most folds `sopr eval --folds` accepts.
+const MAX_EVAL_FOLDS: usize = 20;
+
+/// One trained model measured on one test set.
+struct EvalRun {
+    model: String,
+    train_examples: usize,
+    train_secs: f64,
+    calibration: Option<crate::routing::calibration::Calibration>,
+    scored: Vec<crate::routing::eval::Scored>,
+    /// Microseconds per message.
+    latencies: Vec<f64>,
+}
+
+fn eval_run(
     train: &[(String, String)],
     test: &[(String, String)],
     options: &crate::routing::classifier::TrainOptions,
-    format: Format,
-) -> anyhow::Result<ExitCode> {
-    use crate::routing::eval::{Scored, percentile, report};
-    let target_accuracy = options.target_accuracy.unwrap_or(1.0);
+) -> anyhow::Result<EvalRun> {
+    use crate::routing::eval::Scored;
     let started = std::time::Instant::now();
     let model = crate::routing::Classifier::train(train, options)?;
     let train_secs = started.elapsed().as_secs_f64();
@@ -408,38 +441,75 @@ fn eval(
             abstained: confidence < threshold,
         });
     }
+    Ok(EvalRun {
+        model: model.version().to_string(),
+        train_examples: train.len(),
+        train_secs,
+        calibration,
+        scored,
+        latencies,
+    })
+}
+
+/// Prints the report over all `runs`' test rows: one run for a split, one
+/// per fold when cross-validating.
+fn eval(runs: &[EvalRun], target_accuracy: f64, format: Format) -> anyhow::Result<ExitCode> {
+    use crate::routing::eval::{percentile, report};
+    let scored: Vec<_> = runs.iter().flat_map(|r| r.scored.iter().cloned()).collect();
+    let mut latencies: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
     latencies.sort_by(f64::total_cmp);
     let r = report(&scored);
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
+    let train_secs: f64 = runs.iter().map(|r| r.train_secs).sum();
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(&r)?;
-            v["train_examples"] = serde_json::json!(train.len());
             v["train_seconds"] = serde_json::json!(train_secs);
             v["latency_us"] = serde_json::json!({ "p50": p50, "p99": p99 });
-            v["model"] = serde_json::json!(model.version());
-            v["calibration"] = serde_json::json!(calibration);
+            match runs {
+                [run] => {
+                    v["train_examples"] = serde_json::json!(run.train_examples);
+                    v["model"] = serde_json::json!(run.model);
+                    v["calibration"] = serde_json::json!(run.calibration);
+                }
+                runs => {
+                    v["folds"] = runs
+                        .iter()
+                        .map(|run| {
+                            serde_json::json!({
+                                "model": run.model,
+                                "train_examples": run.train_examples,
+                                "train_seconds": run.train_secs,
+                                "test_examples": run.scored.len(),
+                                "accuracy": report(&run.scored).accuracy,
+                                "calibration": run.calibration,
+                            })
+                        })
+                        .collect();
+                }
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Format::Text => {
-            println!(
-                "model {}  trained on {} examples in {train_secs:.2}s",
-                model.version(),
-                train.len()
-            );
-            if let Some(c) = &calibration {
+            if runs.len() > 1 {
                 println!(
-                    "calibration       T={:.3} on {} held-out examples, ECE {:.4} -> {:.4}",
-                    c.temperature, c.holdout_examples, c.ece_before, c.ece_after
+                    "cross-validation  {} folds, each row tested once by a model that did not see it; training {train_secs:.2}s in all",
+                    runs.len()
                 );
-                match (c.threshold, c.coverage) {
-                    (Some(t), Some(cov)) => println!(
-                        "threshold         {t:.4} for {target_accuracy} accuracy (held-out coverage {cov:.4})"
-                    ),
-                    _ => println!(
-                        "threshold         none reaches {target_accuracy} accuracy on the held-out data"
-                    ),
+            }
+            for (i, run) in runs.iter().enumerate() {
+                if runs.len() > 1 {
+                    println!(
+                        "fold {}            accuracy {:.4} on {} rows",
+                        i + 1,
+                        report(&run.scored).accuracy,
+                        run.scored.len()
+                    );
                 }
+                print_eval_run(run, target_accuracy);
             }
             println!("test examples     {}", r.examples);
             println!("accuracy          {:.4}", r.accuracy);
@@ -474,6 +544,28 @@ fn eval(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The model and calibration lines of one `sopr eval` run.
+fn print_eval_run(run: &EvalRun, target_accuracy: f64) {
+    println!(
+        "model {}  trained on {} examples in {:.2}s",
+        run.model, run.train_examples, run.train_secs
+    );
+    if let Some(c) = &run.calibration {
+        println!(
+            "calibration       T={:.3} on {} held-out examples, ECE {:.4} -> {:.4}",
+            c.temperature, c.holdout_examples, c.ece_before, c.ece_after
+        );
+        match (c.threshold, c.coverage) {
+            (Some(t), Some(cov)) => println!(
+                "threshold         {t:.4} for {target_accuracy} accuracy (held-out coverage {cov:.4})"
+            ),
+            _ => println!(
+                "threshold         none reaches {target_accuracy} accuracy on the held-out data"
+            ),
+        }
+    }
 }
 
 async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {

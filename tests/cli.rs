@@ -185,6 +185,8 @@ fn every_command_explains_itself() {
         vec!["sops", "check", "--help"],
         vec!["keys", "create", "--help"],
         vec!["print-config", "--help"],
+        vec!["train", "--help"],
+        vec!["eval", "--help"],
     ] {
         let out = sopr().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -250,4 +252,78 @@ fn serve_bootstraps_a_demo_tenant_once() {
     let key = serve_once(&url).expect("first start prints the demo key");
     assert_eq!(key.len(), 69);
     assert!(serve_once(&url).is_none(), "the key is shown only once");
+}
+
+/// Runs `sopr eval args…`; returns (success, stdout, stderr).
+fn eval(args: &[&str]) -> (bool, String, String) {
+    let out = sopr().arg("eval").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn eval_measures_a_split_and_cross_validates_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("data.csv");
+    let mut rows = String::from("text,intent\n");
+    for (intent, words) in [
+        ("card_arrival", ["card", "arrive", "post", "delivery"]),
+        ("exchange_rate", ["rate", "euro", "dollars", "convert"]),
+        ("top_up", ["top", "up", "add", "money"]),
+        ("close_account", ["close", "account", "leave", "delete"]),
+    ] {
+        for i in 0..30 {
+            rows += &format!(
+                "\"{} {}, please {i}\",{intent}\n",
+                words[i % 4],
+                words[(i + 1) % 4]
+            );
+        }
+    }
+    std::fs::write(&csv, rows).unwrap();
+    let csv = csv.to_str().unwrap();
+
+    let (ok, out, err) = eval(&["--data", csv, "--seed", "3", "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["examples"], 24, "20% of 30 rows per intent: {v}");
+    assert!(v["accuracy"].as_f64().unwrap() > 0.9, "{v}");
+    assert!(v["model"].as_str().unwrap().starts_with("lr8-"), "{v}");
+    // 96 training rows: small enough to calibrate on all of them, cross-validated.
+    assert_eq!(v["calibration"]["holdout_examples"], 96, "{v}");
+    for key in ["0.95", "0.98", "0.99"] {
+        assert!(v["coverage_at_accuracy"].get(key).is_some(), "{v}");
+    }
+    assert!(v["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+
+    let (ok, out, err) = eval(&["--data", csv, "--folds", "4", "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["examples"], 120, "every row tested once: {v}");
+    let folds = v["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 4);
+    for fold in folds {
+        assert_eq!(fold["test_examples"], 30, "{fold}");
+        assert_eq!(fold["train_examples"], 90, "{fold}");
+    }
+
+    let (ok, out, err) = eval(&["--data", csv, "--folds", "4"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("cross-validation  4 folds")
+            && out.contains("\nfold 4 ")
+            && out.contains("\naccuracy "),
+        "{out}"
+    );
+
+    let (ok, _, err) = eval(&["--data", csv, "--folds", "1"]);
+    assert!(
+        !ok && err.contains("--folds must be between 2 and 20"),
+        "{err}"
+    );
+    let (ok, _, err) = eval(&["--train", csv, "--test", csv, "--folds", "3"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
 }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use super::calibration::{self, Calibration};
-use super::dataset::{stratified_folds, stratified_split};
+use super::dataset::{fold_split, stratified_folds, stratified_split};
 use super::mlp::{Mlp, MlpOptions};
 use unicode_normalization::UnicodeNormalization;
 
@@ -1204,10 +1204,7 @@ fn cross_fitted_scores(
     let folds = stratified_folds(examples, k, options.seed ^ 0x5eed);
     let mut rows = Vec::with_capacity(examples.len());
     for fold in 0..k {
-        let (fit, held): (Vec<_>, Vec<_>) =
-            examples.iter().zip(&folds).partition(|(_, f)| **f != fold);
-        let fit: Vec<(String, String)> = fit.into_iter().map(|(e, _)| e.clone()).collect();
-        let held: Vec<(String, String)> = held.into_iter().map(|(e, _)| e.clone()).collect();
+        let (fit, held) = fold_split(examples, &folds, fold);
         let report = |epoch: usize, epochs: usize| progress(fold * epochs + epoch, k * epochs);
         // A fold whose training part has a single intent cannot be fitted;
         // its examples go unscored.

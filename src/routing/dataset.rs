@@ -131,6 +131,19 @@ pub fn stratified_folds(examples: &[(String, String)], k: usize, seed: u64) -> V
     fold
 }
 
+/// The examples outside fold `fold` (to train on) and those in it (to test
+/// on), given every example's fold from [`stratified_folds`].
+pub fn fold_split(
+    examples: &[(String, String)],
+    folds: &[usize],
+    fold: usize,
+) -> (Examples, Examples) {
+    let (held, rest): (Vec<_>, Vec<_>) = examples.iter().zip(folds).partition(|(_, f)| **f == fold);
+    let strip =
+        |part: Vec<(&(String, String), &usize)>| part.into_iter().map(|(e, _)| e.clone()).collect();
+    (strip(rest), strip(held))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
