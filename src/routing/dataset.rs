@@ -79,6 +79,23 @@ pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
     Ok(out)
 }
 
+/// The indices of each label's examples (labels in sorted order), each list
+/// shuffled by one generator seeded with `seed`: the draw both splits share.
+fn shuffled_by_label(examples: &[(String, String)], seed: u64) -> Vec<Vec<usize>> {
+    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (label, _)) in examples.iter().enumerate() {
+        by_label.entry(label).or_default().push(i);
+    }
+    let mut rng = SplitMix64::new(seed);
+    by_label
+        .into_values()
+        .map(|mut indices| {
+            rng.shuffle(&mut indices);
+            indices
+        })
+        .collect()
+}
+
 /// Splits per label so every intent keeps its share in both parts. The same
 /// seed and data always give the same split.
 pub fn stratified_split(
@@ -86,14 +103,8 @@ pub fn stratified_split(
     test_fraction: f64,
     seed: u64,
 ) -> (Examples, Examples) {
-    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, (label, _)) in examples.iter().enumerate() {
-        by_label.entry(label).or_default().push(i);
-    }
-    let mut rng = SplitMix64::new(seed);
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for indices in by_label.values_mut() {
-        rng.shuffle(indices);
+    for indices in shuffled_by_label(examples, seed) {
         let n_test = ((indices.len() as f64) * test_fraction).round() as usize;
         // Keep at least one training example per label.
         let n_test = n_test.min(indices.len().saturating_sub(1));
@@ -114,16 +125,10 @@ pub fn stratified_split(
 /// than `k` examples spread the folds' sizes evenly.
 pub fn stratified_folds(examples: &[(String, String)], k: usize, seed: u64) -> Vec<usize> {
     let k = k.max(1);
-    let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, (label, _)) in examples.iter().enumerate() {
-        by_label.entry(label).or_default().push(i);
-    }
-    let mut rng = SplitMix64::new(seed);
     let mut fold = vec![0; examples.len()];
     let mut next = 0;
-    for indices in by_label.values_mut() {
-        rng.shuffle(indices);
-        for &i in indices.iter() {
+    for indices in shuffled_by_label(examples, seed) {
+        for i in indices {
             fold[i] = next % k;
             next += 1;
         }
