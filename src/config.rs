@@ -117,6 +117,18 @@ pub struct ScreenConfig {
     pub topics: BTreeMap<String, Vec<String>>,
     /// Drop the built-in topic lists and use only `topics`.
     pub replace_default_topics: bool,
+    /// By tenant name: topic lists raised only for that tenant's messages, on
+    /// top of the deployment's (a tenant's `fraud` list adds phrases to
+    /// `topic.fraud` for its messages alone).
+    pub tenants: BTreeMap<String, TenantScreenConfig>,
+}
+
+/// One tenant's own screening (`[screen.tenants.<name>]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantScreenConfig {
+    /// Topic name (`[a-z_]+`) → phrases, as in `[screen.topics]`.
+    pub topics: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -462,6 +474,7 @@ impl Default for Config {
             screen: ScreenConfig {
                 topics: BTreeMap::new(),
                 replace_default_topics: false,
+                tenants: BTreeMap::new(),
             },
             messages: MessagesConfig {
                 max_text_chars: 4000,
@@ -893,7 +906,7 @@ impl Config {
             }
         }
         if let Err(err) = crate::routing::screen::Screen::from_config(&self.screen) {
-            return invalid(&format!("screen.topics.{}", err.topic), err.message);
+            return invalid(&err.config_key(), err.message);
         }
         if self.messages.max_text_chars == 0 {
             return invalid("messages.max_text_chars", "must be positive".into());
@@ -1610,6 +1623,27 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
+    fn tenant_topics_come_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "sopr.toml",
+                "[screen.tenants.acme.topics]\nvulnerable = [\"lost my job\"]\n",
+            )?;
+            jail.set_env(
+                "SOPR_SCREEN__TENANTS__GLOBEX__TOPICS__FRAUD",
+                r#"["account takeover"]"#,
+            );
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            let tenants = &config.screen.tenants;
+            assert_eq!(tenants["acme"].topics["vulnerable"], ["lost my job"]);
+            assert_eq!(tenants["globex"].topics["fraud"], ["account takeover"]);
+            assert!(config.screen.topics.is_empty(), "not the deployment's");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn bad_screen_topics_name_the_key() {
         figment::Jail::expect_with(|jail| {
             for (toml, key) in [
@@ -1623,6 +1657,10 @@ mod tests {
                     "[screen.topics]\nfraud = [\"re*fund\"]\n",
                     "screen.topics.fraud",
                 ),
+                (
+                    "[screen.tenants.acme.topics]\ndebt = []\n",
+                    "screen.tenants.acme.topics.debt",
+                ),
             ] {
                 jail.create_file("sopr.toml", toml)?;
                 let err = Config::load(None, &Overrides::default())
@@ -1630,6 +1668,15 @@ mod tests {
                     .to_string();
                 assert!(err.contains(&format!("`{key}`")), "{toml}: {err}");
             }
+            jail.create_file(
+                "sopr.toml",
+                "[screen.tenants.acme]\ntopic = { debt = [\"x\"] }\n",
+            )?;
+            let err = Config::load(None, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown field: found `topic`"), "{err}");
+            assert!(err.contains("screen.tenants.acme.topic"), "{err}");
             Ok(())
         });
     }
@@ -1641,6 +1688,9 @@ mod tests {
             .screen
             .topics
             .insert("vulnerable".into(), vec!["bereavement".into()]);
+        let acme = config.screen.tenants.entry("acme".into()).or_default();
+        acme.topics
+            .insert("fraud".into(), vec!["account takeover".into()]);
         let printed = config.to_masked_toml();
         assert!(
             printed.contains("[screen]\nreplace_default_topics = false\n"),
@@ -1656,6 +1706,7 @@ mod tests {
             crate::routing::screen::effective_topics(&reloaded.screen),
             crate::routing::screen::effective_topics(&config.screen)
         );
+        assert_eq!(reloaded.screen.tenants, config.screen.tenants);
         reloaded.validate().unwrap();
     }
 

@@ -414,7 +414,7 @@ impl Pipeline {
         };
 
         let t_screen = Instant::now();
-        let mut flags = self.screen.screen(&inbound.text);
+        let mut flags = self.screen.screen_for_tenant(&tenant.name, &inbound.text);
         let mut screen_us = t_screen.elapsed().as_micros() as u64;
         let t_route = Instant::now();
         // Enough intents for the decision record (3) and the LLM's candidates.

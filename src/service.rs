@@ -66,6 +66,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
 
     let llm = build_llm(&config, &sops)?;
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
+    report_screen_tenants(store.as_ref(), &config).await?;
     report_notify_targets(&config, &sops);
     let sops = Arc::new(sops);
     let notifier = Arc::new(crate::notify::Notifier::new(&config.notify, store.clone()));
@@ -116,6 +117,20 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         bootstrap_key,
         dispatcher,
     })
+}
+
+/// Says at start which `[screen.tenants.<name>]` lists name no tenant yet:
+/// a typo would otherwise leave that tenant's topics silently unscreened.
+async fn report_screen_tenants(store: &dyn Store, config: &Config) -> anyhow::Result<()> {
+    for name in config.screen.tenants.keys() {
+        if store.tenant_by_name(name).await?.is_none() {
+            tracing::warn!(
+                tenant = %name,
+                "screen.tenants.{name} names no tenant (yet): its topics apply once `sopr keys create --tenant {name}` creates it"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Says at start when SOP `notify` targets will not be delivered: email

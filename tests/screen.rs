@@ -6,7 +6,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::{Value, json};
-use support::{TestDb, spawn_app, spawn_app_on};
+use support::{TestDb, spawn_app, spawn_app_for, spawn_app_on};
 
 fn has(list: &Value, item: &str) -> bool {
     list.as_array().unwrap().iter().any(|v| v == item)
@@ -111,6 +111,62 @@ async fn a_configured_topic_forces_review() {
         .message("cust-v3", &format!("{routine}. This is a scam"))
         .await;
     assert!(has(&out["flags"], "topic.fraud"), "{out}");
+}
+
+#[tokio::test]
+async fn a_tenants_own_topics_fire_only_for_its_messages() {
+    let app = spawn_app_for(TestDb::sqlite(), "acme", |config| {
+        let acme = config.screen.tenants.entry("acme".into()).or_default();
+        acme.topics
+            .insert("vulnerable".into(), vec!["lost my job".into()]);
+        acme.topics
+            .insert("fraud".into(), vec!["account takeover".into()]);
+        config
+            .escalation
+            .force_review_flags
+            .push("topic.vulnerable".into());
+    })
+    .await;
+    let other_key = sopr::service::create_key(app.store.as_ref(), "globex")
+        .await
+        .unwrap();
+    let other = |text: &str| {
+        let body = json!({ "customer": { "id": "cust-g" }, "text": text });
+        let request = app
+            .client
+            .post(app.url("/v1/messages"))
+            .bearer_auth(&other_key)
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            assert_eq!(response.status(), 201);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let routine = "My new card still hasn't arrived, it's been 10 days";
+
+    for (phrase, flag) in [
+        ("I just lost my job", "topic.vulnerable"),
+        ("Could this be an account takeover?", "topic.fraud"),
+    ] {
+        let text = format!("{routine}. {phrase}");
+        let out = app.message("cust-a", &text).await;
+        assert_eq!(out["outcome"], "queued", "{out}");
+        assert_eq!(out["flags"], json!([flag]), "{out}");
+        assert!(has(&out["reasons"], &format!("flag:{flag}")), "{out}");
+
+        // The same words from another tenant raise nothing.
+        let out = other(&text).await;
+        assert_eq!(out["flags"], json!([]), "{out}");
+        assert_eq!(out["outcome"], "answered", "{out}");
+    }
+
+    // The deployment's lists still apply to the tenant with lists of its own.
+    let out = app
+        .message("cust-a", &format!("{routine}. This is a scam"))
+        .await;
+    assert_eq!(out["flags"], json!(["topic.fraud"]), "{out}");
 }
 
 /// The demo SOPs, with card-delivery given a topic of its own.

@@ -205,12 +205,35 @@ static DEFAULT_SCREEN: LazyLock<Screen> = LazyLock::new(|| {
         .expect("the built-in topic lists compile (unit-tested)")
 });
 
-/// A topic list that cannot be used, with the topic it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("topic `{topic}`: {message}")]
+/// A topic list that cannot be used, with the topic it belongs to (and the
+/// tenant, for a list under `[screen.tenants.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicError {
     pub topic: String,
+    pub tenant: Option<String>,
     pub message: String,
+}
+
+impl std::fmt::Display for TopicError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(tenant) = &self.tenant {
+            write!(f, "tenant `{tenant}`, ")?;
+        }
+        write!(f, "topic `{}`: {}", self.topic, self.message)
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+impl TopicError {
+    /// The config key at fault: `screen.topics.<topic>` or
+    /// `screen.tenants.<tenant>.topics.<topic>`.
+    pub fn config_key(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("screen.tenants.{tenant}.topics.{}", self.topic),
+            None => format!("screen.topics.{}", self.topic),
+        }
+    }
 }
 
 /// Compiled topic lists: one case-insensitive regex per topic.
@@ -232,6 +255,7 @@ impl Topics {
         for (name, phrases) in topics {
             let error = |message: String| TopicError {
                 topic: name.clone(),
+                tenant: None,
                 message,
             };
             if !is_valid_topic_name(name) {
@@ -365,6 +389,8 @@ pub fn effective_topics(config: &ScreenConfig) -> BTreeMap<String, Vec<String>> 
 #[derive(Debug, Clone)]
 pub struct Screen {
     topics: Topics,
+    /// Topics of one tenant, keyed by its name.
+    by_tenant: HashMap<String, Topics>,
     /// Topics of one SOP version, keyed by its `id@version#hash` reference.
     by_sop: HashMap<String, Topics>,
 }
@@ -383,14 +409,27 @@ impl Screen {
             if phrases.is_empty() {
                 return Err(TopicError {
                     topic: name.clone(),
+                    tenant: None,
                     message: "give at least one phrase (to drop a built-in topic, set \
                               screen.replace_default_topics = true and list the topics to keep)"
                         .into(),
                 });
             }
         }
+        let mut by_tenant = HashMap::new();
+        for (tenant, own) in &config.tenants {
+            let in_tenant = |mut err: TopicError| {
+                err.tenant = Some(tenant.clone());
+                err
+            };
+            let compiled = Topics::compile(&own.topics).map_err(in_tenant)?;
+            if !compiled.is_empty() {
+                by_tenant.insert(tenant.clone(), compiled);
+            }
+        }
         Ok(Screen {
             topics: Topics::compile(&effective_topics(config))?,
+            by_tenant,
             by_sop: HashMap::new(),
         })
     }
@@ -416,6 +455,16 @@ impl Screen {
             add_flag(&mut flags, "human_requested", m.as_str().to_string());
         }
         self.topics.scan(text, &mut flags);
+        flags
+    }
+
+    /// [`Screen::screen`] for a message of this tenant: then the tenant's own
+    /// topics by name, those the deployment's lists did not already raise.
+    pub fn screen_for_tenant(&self, tenant: &str, text: &str) -> Vec<Flag> {
+        let mut flags = self.screen(text);
+        if let Some(topics) = self.by_tenant.get(tenant) {
+            topics.scan(text, &mut flags);
+        }
         flags
     }
 
@@ -811,6 +860,7 @@ pub fn is_valid_flag_pattern(pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TenantScreenConfig;
 
     fn names(text: &str) -> Vec<String> {
         screen(text).into_iter().map(|f| f.name).collect()
@@ -1137,6 +1187,7 @@ mod tests {
                 ("vulnerable", &["bereavement", "lost my job"]),
             ]),
             replace_default_topics: false,
+            ..ScreenConfig::default()
         };
         let screen = Screen::from_config(&config).unwrap();
         let names = |text: &str| -> Vec<String> {
@@ -1151,6 +1202,7 @@ mod tests {
         let again = effective_topics(&ScreenConfig {
             topics: merged.clone(),
             replace_default_topics: false,
+            ..ScreenConfig::default()
         });
         assert_eq!(merged, again);
         assert_eq!(merged["fraud"].last().unwrap(), "chargeback abuse");
@@ -1161,6 +1213,7 @@ mod tests {
         let screen = Screen::from_config(&ScreenConfig {
             topics: topics(&[("fraud", &["chargeback abuse"])]),
             replace_default_topics: true,
+            ..ScreenConfig::default()
         })
         .unwrap();
         let names = |text: &str| -> Vec<String> {
@@ -1178,6 +1231,7 @@ mod tests {
             Screen::from_config(&ScreenConfig {
                 topics: topics(entries),
                 replace_default_topics: false,
+                ..ScreenConfig::default()
             })
             .unwrap_err()
         };
@@ -1187,6 +1241,71 @@ mod tests {
         let e = err(&[("fraud", &["ok", " "])]);
         assert_eq!(e.topic, "fraud");
         assert!(e.message.contains("empty"), "{e}");
+        assert_eq!(e.config_key(), "screen.topics.fraud");
+    }
+
+    /// Topic name and phrases, as `topics` takes them.
+    type Lists<'a> = &'a [(&'a str, &'a [&'a str])];
+
+    fn tenant_lists(entries: &[(&str, Lists)]) -> ScreenConfig {
+        ScreenConfig {
+            tenants: entries
+                .iter()
+                .map(|(tenant, lists)| {
+                    let own = TenantScreenConfig {
+                        topics: topics(lists),
+                    };
+                    (tenant.to_string(), own)
+                })
+                .collect(),
+            ..ScreenConfig::default()
+        }
+    }
+
+    #[test]
+    fn tenant_topics_fire_only_for_their_tenant() {
+        let screen = Screen::from_config(&tenant_lists(&[
+            (
+                "acme",
+                &[
+                    ("vulnerable", &["lost my job"]),
+                    ("fraud", &["account takeover"]),
+                ],
+            ),
+            ("globex", &[("courier", &["courier*"])]),
+        ]))
+        .unwrap();
+        let names = |tenant: &str, text: &str| -> Vec<String> {
+            screen
+                .screen_for_tenant(tenant, text)
+                .into_iter()
+                .map(|f| f.name)
+                .collect()
+        };
+        let text = "I lost my job and fear an account takeover by the courier";
+        assert_eq!(names("acme", text), ["topic.fraud", "topic.vulnerable"]);
+        assert_eq!(names("globex", text), ["topic.courier"]);
+        assert!(names("initech", text).is_empty());
+        assert!(screen.screen(text).is_empty(), "not for the deployment");
+        // The deployment's lists still apply, and a flag is raised once.
+        assert_eq!(
+            names("acme", "a scam and an account takeover"),
+            ["topic.fraud"]
+        );
+        let flag = &screen.screen_for_tenant("acme", "a scam, account takeover")[0];
+        assert_eq!(flag.evidence, "scam", "the deployment's match is kept");
+    }
+
+    #[test]
+    fn bad_tenant_topics_name_the_tenant() {
+        let err = Screen::from_config(&tenant_lists(&[("acme", &[("debt", &[])])])).unwrap_err();
+        assert_eq!(err.config_key(), "screen.tenants.acme.topics.debt");
+        assert_eq!(
+            err.to_string(),
+            "tenant `acme`, topic `debt`: give at least one phrase"
+        );
+        let err = Screen::from_config(&tenant_lists(&[("acme", &[("Debt", &["x"])])])).unwrap_err();
+        assert_eq!(err.config_key(), "screen.tenants.acme.topics.Debt");
     }
 
     #[test]
