@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Overrides};
+use crate::routing::dataset::Examples;
 use crate::sop::{self, Severity};
 
 #[derive(Debug, Parser)]
@@ -109,6 +110,10 @@ pub enum Command {
         /// model trained on the others (a steadier measure than one split, K times the training)
         #[arg(long, value_name = "K", requires = "data", conflicts_with_all = ["holdout", "train", "test"])]
         folds: Option<usize>,
+        /// Also measure out-of-scope detection: hold out this share of the intents (chosen by the
+        /// seed) from training, and label their test rows `oos`
+        #[arg(long, value_name = "SHARE")]
+        unknown_intents: Option<f64>,
         /// Seed for the split and training [default: routing.seed]
         #[arg(long)]
         seed: Option<u64>,
@@ -236,6 +241,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             holdout,
             folds,
+            unknown_intents,
             seed,
             target_accuracy,
             network_hidden,
@@ -252,11 +258,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--network-hidden must be at most {}",
                 crate::config::MAX_NETWORK_HIDDEN
             );
+            if let Some(share) = unknown_intents {
+                anyhow::ensure!(
+                    share > 0.0 && share <= 0.5,
+                    "--unknown-intents must be a share above 0 and at most 0.5"
+                );
+            }
             let options = crate::routing::classifier::TrainOptions {
                 seed,
                 target_accuracy: Some(target_accuracy),
                 mlp_hidden: network_hidden,
                 ..Default::default()
+            };
+            let unknown_of = |examples: &[(String, String)]| -> anyhow::Result<Vec<String>> {
+                let Some(share) = unknown_intents else {
+                    return Ok(Vec::new());
+                };
+                let unknown = crate::routing::dataset::choose_intents(examples, share, seed);
+                anyhow::ensure!(
+                    !unknown.is_empty(),
+                    "--unknown-intents needs at least 3 intents in the training data"
+                );
+                Ok(unknown)
+            };
+            let run = |mut train: Examples, mut test: Examples, unknown: &[String]| {
+                crate::routing::dataset::hold_out_intents(&mut train, &mut test, unknown);
+                eval_run(&train, &test, &options)
             };
             if let (Some(k), Some(data)) = (folds, &data) {
                 anyhow::ensure!(
@@ -264,13 +291,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--folds must be between 2 and {MAX_EVAL_FOLDS}"
                 );
                 let all = crate::routing::dataset::read_csv(data)?;
+                let unknown = unknown_of(&all)?;
                 let fold_of = crate::routing::dataset::stratified_folds(&all, k, seed);
                 let mut runs = Vec::with_capacity(k);
                 for fold in 0..k {
                     let (train, test) = crate::routing::dataset::fold_split(&all, &fold_of, fold);
-                    runs.push(eval_run(&train, &test, &options)?);
+                    runs.push(run(train, test, &unknown)?);
                 }
-                return eval(&runs, target_accuracy, format);
+                return eval(&runs, &unknown, target_accuracy, format);
             }
             let (train, test) = match (data, train, test) {
                 (Some(data), _, _) => {
@@ -287,8 +315,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 _ => anyhow::bail!("give --train and --test, or --data"),
             };
-            let run = eval_run(&train, &test, &options)?;
-            eval(&[run], target_accuracy, format)
+            let unknown = unknown_of(&train)?;
+            let run = run(train, test, &unknown)?;
+            eval(&[run], &unknown, target_accuracy, format)
         }
         Command::PrintConfig => {
             print!("{}", config.to_masked_toml());
@@ -453,7 +482,13 @@ fn eval_run(
 
 /// Prints the report over all `runs`' test rows: one run for a split, one
 /// per fold when cross-validating.
-fn eval(runs: &[EvalRun], target_accuracy: f64, format: Format) -> anyhow::Result<ExitCode> {
+/// Prints the report over `runs`; `unknown` are the intents held out as `oos`.
+fn eval(
+    runs: &[EvalRun],
+    unknown: &[String],
+    target_accuracy: f64,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     use crate::routing::eval::{percentile, report};
     let scored: Vec<_> = runs.iter().flat_map(|r| r.scored.iter().cloned()).collect();
     let mut latencies: Vec<f64> = runs
@@ -469,6 +504,9 @@ fn eval(runs: &[EvalRun], target_accuracy: f64, format: Format) -> anyhow::Resul
             let mut v = serde_json::to_value(&r)?;
             v["train_seconds"] = serde_json::json!(train_secs);
             v["latency_us"] = serde_json::json!({ "p50": p50, "p99": p99 });
+            if !unknown.is_empty() {
+                v["unknown_intents"] = serde_json::json!(unknown);
+            }
             match runs {
                 [run] => {
                     v["train_examples"] = serde_json::json!(run.train_examples);
@@ -511,6 +549,13 @@ fn eval(runs: &[EvalRun], target_accuracy: f64, format: Format) -> anyhow::Resul
                 }
                 print_eval_run(run, target_accuracy);
             }
+            if !unknown.is_empty() {
+                println!(
+                    "unknown intents   {} held out of training, their test rows labelled oos: {}",
+                    unknown.len(),
+                    unknown.join(", ")
+                );
+            }
             println!("test examples     {}", r.examples);
             println!("accuracy          {:.4}", r.accuracy);
             println!("macro-F1          {:.4}", r.macro_f1);
@@ -527,8 +572,8 @@ fn eval(runs: &[EvalRun], target_accuracy: f64, format: Format) -> anyhow::Resul
             );
             if let Some(oos) = &r.out_of_scope {
                 println!(
-                    "out-of-scope      {} rows, recall {:.4}, precision {:.4}",
-                    oos.examples, oos.recall, oos.precision
+                    "out-of-scope      {} rows, recall {:.4}, precision {:.4}, AUROC {:.4}",
+                    oos.examples, oos.recall, oos.precision, oos.auroc
                 );
             }
             println!("latency           p50 {p50:.1}µs  p99 {p99:.1}µs");

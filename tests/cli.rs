@@ -319,6 +319,44 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
         "{out}"
     );
 
+    // One of the four intents unknown: out of every training set, and its
+    // rows (which share no word with the others) are the test's `oos`.
+    let (ok, out, err) = eval(&[
+        "--data",
+        csv,
+        "--folds",
+        "4",
+        "--unknown-intents",
+        "0.25",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let unknown = v["unknown_intents"].as_array().unwrap();
+    assert_eq!(unknown.len(), 1, "{v}");
+    assert_eq!(v["examples"], 120, "{v}");
+    let oos = &v["out_of_scope"];
+    assert_eq!(oos["examples"], 30, "{v}");
+    assert!(oos["recall"].as_f64().unwrap() >= 0.9, "{v}");
+    assert!(oos["auroc"].as_f64().unwrap() >= 0.9, "{v}");
+    for fold in v["folds"].as_array().unwrap() {
+        assert!(
+            (66..=68).contains(&fold["train_examples"].as_u64().unwrap()),
+            "90 rows less the unknown intent's: {fold}"
+        );
+    }
+    let (ok, out, err) = eval(&["--data", csv, "--unknown-intents", "0.25"]);
+    assert!(ok, "{err}");
+    let line = format!(
+        "unknown intents   1 held out of training, their test rows labelled oos: {}",
+        unknown[0].as_str().unwrap()
+    );
+    assert!(out.contains(&line), "{out}");
+    assert!(out.contains("\nout-of-scope      6 rows, recall "), "{out}");
+    let (ok, _, err) = eval(&["--data", csv, "--unknown-intents", "0.6"]);
+    assert!(!ok && err.contains("--unknown-intents must be"), "{err}");
+
     let (ok, _, err) = eval(&["--data", csv, "--folds", "1"]);
     assert!(
         !ok && err.contains("--folds must be between 2 and 20"),

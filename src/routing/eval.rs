@@ -62,6 +62,10 @@ pub struct OutOfScope {
     pub recall: f64,
     /// Share of abstentions that were `oos` rows.
     pub precision: f64,
+    /// How well confidence alone separates them, whatever the threshold: the
+    /// chance that an `oos` row gets a lower confidence than an in-scope row
+    /// (ties count half). 0.5 is chance, 1 is perfect.
+    pub auroc: f64,
 }
 
 fn correct(s: &Scored) -> bool {
@@ -121,6 +125,10 @@ pub fn report(scored: &[Scored]) -> Report {
             } else {
                 caught as f64 / abstained_total as f64
             },
+            auroc: auroc(
+                &oos.iter().map(|s| s.confidence).collect::<Vec<_>>(),
+                &in_scope.iter().map(|s| s.confidence).collect::<Vec<_>>(),
+            ),
         }
     });
 
@@ -155,6 +163,26 @@ pub fn report(scored: &[Scored]) -> Report {
         out_of_scope,
         confused,
     }
+}
+
+/// The chance that a value drawn from `low` is below one drawn from `high`,
+/// ties counting half (the Mann–Whitney statistic); 0.5 when either is empty.
+fn auroc(low: &[f64], high: &[f64]) -> f64 {
+    if low.is_empty() || high.is_empty() {
+        return 0.5;
+    }
+    let mut high = high.to_vec();
+    high.sort_by(f64::total_cmp);
+    let wins: f64 = low
+        .iter()
+        .map(|x| {
+            let below = high.partition_point(|h| h < x);
+            let up_to = high.partition_point(|h| h <= x);
+            // In-scope rows above `x`, plus half the ties.
+            (high.len() - up_to) as f64 + (up_to - below) as f64 / 2.0
+        })
+        .sum();
+    wins / (low.len() as f64 * high.len() as f64)
 }
 
 fn macro_f1(scored: &[&Scored]) -> f64 {
@@ -252,6 +280,8 @@ mod tests {
         assert_eq!(r.auto_coverage, 0.75);
         let oos = r.out_of_scope.unwrap();
         assert_eq!((oos.examples, oos.recall, oos.precision), (1, 1.0, 0.5));
+        // 0.3 is below all four in-scope confidences.
+        assert_eq!(oos.auroc, 1.0);
         // F1: a = 2*(2/3*1)/(2/3+1) = 0.8, b = 2*(1*0.5)/1.5 = 0.667
         assert!((r.macro_f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-9);
         // The oos row is not a confusion between intents.
@@ -264,6 +294,15 @@ mod tests {
                 answered: 1
             }]
         );
+    }
+
+    #[test]
+    fn auroc_counts_pairs_and_half_ties() {
+        assert_eq!(auroc(&[0.1, 0.2], &[0.3, 0.4]), 1.0);
+        assert_eq!(auroc(&[0.3, 0.4], &[0.1, 0.2]), 0.0);
+        // 0.2 < 0.3 and 0.2 < 0.5; 0.5 ties 0.5 (half) and is above 0.3.
+        assert_eq!(auroc(&[0.2, 0.5], &[0.3, 0.5]), 2.5 / 4.0);
+        assert_eq!(auroc(&[], &[0.3]), 0.5);
     }
 
     #[test]
