@@ -78,20 +78,26 @@ pub enum Command {
     /// Train the router on one labelled CSV and measure it on another.
     ///
     /// Prints accuracy, macro-F1, calibration error (ECE), a risk–coverage table (coverage reached
-    /// at 95/98/99% accuracy, accuracy at 70/80/90% coverage), out-of-scope recall and precision when
-    /// the test file has rows labelled `oos`, and classification latency. CSV files need a header
+    /// at 95/98/99% accuracy, accuracy at 70/80/90% coverage), out-of-scope recall, precision and
+    /// AUROC when the test has `oos` rows, and classification latency. CSV files need a header
     /// with a `text` column and an `intent` or `category` column. Use --data with --holdout to split
-    /// one file (stratified, fixed seed) instead of --train/--test, or --data with --folds K to
-    /// cross-validate: K models, each tested on the share it did not see, every row tested once.
+    /// one file (stratified, fixed seed) instead of --train/--test, --data with --folds K to
+    /// cross-validate (K models, each tested on the share it did not see, every row tested once),
+    /// or --sops DIR to train on a SOP folder's examples. Test rows whose intent the training data
+    /// lacks count as `oos`; --unknown-intents makes a share of the intents unknown on purpose.
     Eval {
         /// Training CSV
         #[arg(
             long,
             value_name = "FILE",
-            required_unless_present = "data",
-            conflicts_with = "data"
+            required_unless_present_any = ["data", "sops"],
+            conflicts_with_all = ["data", "sops"]
         )]
         train: Option<PathBuf>,
+        /// Train on the examples of the active SOPs in this folder instead (what `serve` learns
+        /// from them): how well they route the labelled messages of --test
+        #[arg(long, value_name = "DIR", conflicts_with = "data", requires = "test")]
+        sops: Option<PathBuf>,
         /// Test CSV
         #[arg(
             long,
@@ -237,6 +243,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train { data } => train(config, &data).await,
         Command::Eval {
             train,
+            sops,
             test,
             data,
             holdout,
@@ -313,7 +320,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::routing::dataset::read_csv(&train)?,
                     crate::routing::dataset::read_csv(&test)?,
                 ),
-                _ => anyhow::bail!("give --train and --test, or --data"),
+                (None, None, Some(test)) if let Some(dir) = &sops => (
+                    crate::sop::SopSet::load(dir)?.0.training_examples(),
+                    crate::routing::dataset::read_csv(&test)?,
+                ),
+                _ => anyhow::bail!("give --train (or --sops) and --test, or --data"),
             };
             let unknown = unknown_of(&train)?;
             let run = run(train, test, &unknown)?;
@@ -437,6 +448,8 @@ struct EvalRun {
     train_secs: f64,
     calibration: Option<crate::routing::calibration::Calibration>,
     scored: Vec<crate::routing::eval::Scored>,
+    /// Test rows whose intent the model never learnt, scored as `oos`.
+    unseen: usize,
     /// Microseconds per message.
     latencies: Vec<f64>,
 }
@@ -446,7 +459,7 @@ fn eval_run(
     test: &[(String, String)],
     options: &crate::routing::classifier::TrainOptions,
 ) -> anyhow::Result<EvalRun> {
-    use crate::routing::eval::Scored;
+    use crate::routing::eval::{OUT_OF_SCOPE, Scored};
     let started = std::time::Instant::now();
     let model = crate::routing::Classifier::train(train, options)?;
     let train_secs = started.elapsed().as_secs_f64();
@@ -457,14 +470,25 @@ fn eval_run(
         .unwrap_or(1.01);
     let mut latencies = Vec::with_capacity(test.len());
     let mut scored = Vec::with_capacity(test.len());
+    let known: std::collections::HashSet<&str> =
+        model.labels().iter().map(String::as_str).collect();
+    let mut unseen = 0;
     for (label, text) in test {
+        // No model can name an intent it never learnt: such a row is a
+        // message no intent covers, which the router should abstain on.
+        let label = if known.contains(label.as_str()) || label == OUT_OF_SCOPE {
+            label
+        } else {
+            unseen += 1;
+            OUT_OF_SCOPE
+        };
         let t = std::time::Instant::now();
         // The call routing makes per message: the top intents of all 77.
         let ranked = model.classify_top(text, EVAL_TOP_K);
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
         let (predicted, confidence) = ranked.first().cloned().unwrap_or_default();
         scored.push(Scored {
-            label: label.clone(),
+            label: label.to_string(),
             predicted,
             confidence,
             abstained: confidence < threshold,
@@ -476,6 +500,7 @@ fn eval_run(
         train_secs,
         calibration,
         scored,
+        unseen,
         latencies,
     })
 }
@@ -499,6 +524,7 @@ fn eval(
     let r = report(&scored);
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
     let train_secs: f64 = runs.iter().map(|r| r.train_secs).sum();
+    let unseen: usize = runs.iter().map(|r| r.unseen).sum();
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(&r)?;
@@ -507,6 +533,7 @@ fn eval(
             if !unknown.is_empty() {
                 v["unknown_intents"] = serde_json::json!(unknown);
             }
+            v["unseen_test_rows"] = serde_json::json!(unseen);
             match runs {
                 [run] => {
                     v["train_examples"] = serde_json::json!(run.train_examples);
@@ -554,6 +581,11 @@ fn eval(
                     "unknown intents   {} held out of training, their test rows labelled oos: {}",
                     unknown.len(),
                     unknown.join(", ")
+                );
+            }
+            if unseen > 0 {
+                println!(
+                    "unseen intents    {unseen} test rows have intents the training data lacks: counted as oos"
                 );
             }
             println!("test examples     {}", r.examples);

@@ -354,6 +354,28 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     );
     assert!(out.contains(&line), "{out}");
     assert!(out.contains("\nout-of-scope      6 rows, recall "), "{out}");
+    // Trained on the demo SOPs' examples: two of the file's intents are
+    // theirs, the other two they lack, so those rows are out of scope.
+    let sops = concat!(env!("CARGO_MANIFEST_DIR"), "/sops");
+    let (ok, out, err) = eval(&["--sops", sops, "--test", csv, "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["unseen_test_rows"], 60, "{v}");
+    assert_eq!(v["out_of_scope"]["examples"], 60, "{v}");
+    assert_eq!(v["examples"], 120, "{v}");
+    assert!(
+        v["accuracy"].as_f64().unwrap() > 0.5,
+        "card_arrival, exchange_rate: {v}"
+    );
+    let (ok, out, err) = eval(&["--sops", sops, "--test", csv]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\nunseen intents    60 test rows have intents the training data lacks"),
+        "{out}"
+    );
+    let (ok, _, err) = eval(&["--sops", sops]);
+    assert!(!ok && err.contains("--test"), "{err}");
+
     let (ok, _, err) = eval(&["--data", csv, "--unknown-intents", "0.6"]);
     assert!(!ok && err.contains("--unknown-intents must be"), "{err}");
 
