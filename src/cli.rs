@@ -117,7 +117,7 @@ pub enum Command {
         #[arg(long, value_name = "K", requires = "data", conflicts_with_all = ["holdout", "train", "test"])]
         folds: Option<usize>,
         /// Also measure out-of-scope detection: hold out this share of the intents (chosen by the
-        /// seed) from training, and label their test rows `oos`
+        /// seed) from training, so that their test rows count as `oos`
         #[arg(long, value_name = "SHARE")]
         unknown_intents: Option<f64>,
         /// Seed for the split and training [default: routing.seed]
@@ -288,8 +288,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(unknown)
             };
-            let run = |mut train: Examples, mut test: Examples, unknown: &[String]| {
-                crate::routing::dataset::hold_out_intents(&mut train, &mut test, unknown);
+            // Held-out intents leave training only: `eval_run` scores every
+            // test row of an intent the model never learnt as `oos`.
+            let run = |mut train: Examples, test: Examples, unknown: &[String]| {
+                train.retain(|(label, _)| unknown.binary_search(label).is_err());
                 eval_run(&train, &test, &options)
             };
             if let (Some(k), Some(data)) = (folds, &data) {
@@ -506,8 +508,8 @@ fn eval_run(
 }
 
 /// Prints the report over all `runs`' test rows: one run for a split, one
-/// per fold when cross-validating.
-/// Prints the report over `runs`; `unknown` are the intents held out as `oos`.
+/// per fold when cross-validating. `unknown` are the intents held out of
+/// training by `--unknown-intents`.
 fn eval(
     runs: &[EvalRun],
     unknown: &[String],
@@ -578,7 +580,7 @@ fn eval(
             }
             if !unknown.is_empty() {
                 println!(
-                    "unknown intents   {} held out of training, their test rows labelled oos: {}",
+                    "unknown intents   {} held out of training: {}",
                     unknown.len(),
                     unknown.join(", ")
                 );

@@ -338,6 +338,7 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     assert_eq!(v["examples"], 120, "{v}");
     let oos = &v["out_of_scope"];
     assert_eq!(oos["examples"], 30, "{v}");
+    assert_eq!(v["unseen_test_rows"], 30, "{v}");
     assert!(oos["recall"].as_f64().unwrap() >= 0.9, "{v}");
     assert!(oos["auroc"].as_f64().unwrap() >= 0.9, "{v}");
     for fold in v["folds"].as_array().unwrap() {
@@ -349,7 +350,7 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     let (ok, out, err) = eval(&["--data", csv, "--unknown-intents", "0.25"]);
     assert!(ok, "{err}");
     let line = format!(
-        "unknown intents   1 held out of training, their test rows labelled oos: {}",
+        "unknown intents   1 held out of training: {}\nunseen intents    6 test rows have intents the training data lacks: counted as oos\n",
         unknown[0].as_str().unwrap()
     );
     assert!(out.contains(&line), "{out}");

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::classifier::SplitMix64;
-use super::eval::OUT_OF_SCOPE;
 
 /// One `(intent, text)` pair per example.
 pub type Examples = Vec<(String, String)>;
@@ -150,10 +149,10 @@ pub fn fold_split(
     (strip(rest), strip(held))
 }
 
-/// A share of the intents of `examples` to treat as unknown, for the
-/// open-intent protocol of [`hold_out_intents`]: at least one, and never so
-/// many that fewer than two remain (none with fewer than three intents).
-/// The choice depends only on the intents and `seed`. Sorted.
+/// A share of the intents of `examples` to treat as unknown (`sopr eval
+/// --unknown-intents`): at least one, and never so many that fewer than two
+/// remain (none with fewer than three intents). The choice depends only on
+/// the intents and `seed`. Sorted.
 pub fn choose_intents(examples: &[(String, String)], share: f64, seed: u64) -> Vec<String> {
     let mut intents: Vec<String> = examples
         .iter()
@@ -170,58 +169,32 @@ pub fn choose_intents(examples: &[(String, String)], share: f64, seed: u64) -> V
     intents
 }
 
-/// Makes `unknown` (sorted) intents the router has never seen, to measure how
-/// it treats messages that no intent covers: they leave `train`, and their
-/// `test` rows are relabelled [`OUT_OF_SCOPE`].
-pub fn hold_out_intents(train: &mut Examples, test: &mut Examples, unknown: &[String]) {
-    train.retain(|(label, _)| unknown.binary_search(label).is_err());
-    for (label, _) in test.iter_mut() {
-        if unknown.binary_search(label).is_ok() {
-            *label = OUT_OF_SCOPE.to_string();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn held_out_intents_leave_training_and_become_oos() {
-        let rows = |intents: &[&str], per: usize| -> Examples {
+    fn unknown_intents_are_a_seeded_share() {
+        let rows = |intents: &[&str]| -> Examples {
             intents
                 .iter()
-                .flat_map(|i| (0..per).map(move |k| (i.to_string(), format!("{i} {k}"))))
+                .flat_map(|i| (0..4).map(move |k| (i.to_string(), format!("{i} {k}"))))
                 .collect()
         };
-        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
-        let (train, test) = (rows(&names, 4), rows(&names, 1));
-        let unknown = choose_intents(&train, 0.25, 7);
+        let data = rows(&["a", "b", "c", "d", "e", "f", "g", "h"]);
+        let unknown = choose_intents(&data, 0.25, 7);
         assert_eq!(unknown.len(), 2);
         assert!(unknown.windows(2).all(|w| w[0] < w[1]), "sorted");
-        let (mut tr, mut te) = (train.clone(), test.clone());
-        hold_out_intents(&mut tr, &mut te, &unknown);
-        assert_eq!(tr.len(), 24);
-        assert!(tr.iter().all(|(l, _)| !unknown.contains(l)));
-        for ((before, text), (after, same)) in test.iter().zip(&te) {
-            assert_eq!(text, same);
-            let expected = if unknown.contains(before) {
-                OUT_OF_SCOPE
-            } else {
-                before
-            };
-            assert_eq!(after, expected);
-        }
         // Deterministic for a seed; other seeds pick others.
-        assert_eq!(choose_intents(&train, 0.25, 7), unknown);
+        assert_eq!(choose_intents(&data, 0.25, 7), unknown);
         let picks: std::collections::BTreeSet<Vec<String>> = (0..10)
-            .map(|seed| choose_intents(&train, 0.25, seed))
+            .map(|seed| choose_intents(&data, 0.25, seed))
             .collect();
         assert!(picks.len() > 1);
         // At least one unknown, at least two known.
-        assert_eq!(choose_intents(&rows(&["a", "b", "c"], 2), 0.9, 1).len(), 1);
-        assert_eq!(choose_intents(&rows(&["a", "b", "c"], 2), 0.01, 1).len(), 1);
-        assert!(choose_intents(&rows(&["a", "b"], 2), 0.5, 1).is_empty());
+        assert_eq!(choose_intents(&rows(&["a", "b", "c"]), 0.9, 1).len(), 1);
+        assert_eq!(choose_intents(&rows(&["a", "b", "c"]), 0.01, 1).len(), 1);
+        assert!(choose_intents(&rows(&["a", "b"]), 0.5, 1).is_empty());
     }
 
     #[test]
