@@ -83,26 +83,28 @@ pub enum Command {
     /// with a `text` column and an `intent` or `category` column. Use --data with --holdout to split
     /// one file (stratified, fixed seed) instead of --train/--test, --data with --folds K to
     /// cross-validate (K models, each tested on the share it did not see, every row tested once),
-    /// or --sops DIR to train on a SOP folder's examples. Test rows whose intent the training data
-    /// lacks count as `oos`; --unknown-intents makes a share of the intents unknown on purpose.
+    /// or --sops DIR to train on (or with --folds, cross-validate) a SOP folder's examples. Test
+    /// rows whose intent the training data lacks count as `oos`; --unknown-intents makes a share of
+    /// the intents unknown on purpose.
     Eval {
         /// Training CSV
         #[arg(
             long,
             value_name = "FILE",
-            required_unless_present_any = ["data", "sops"],
+            required_unless_present_any = ["data", "sops", "folds"],
             conflicts_with_all = ["data", "sops"]
         )]
         train: Option<PathBuf>,
         /// Train on the examples of the active SOPs in this folder instead (what `serve` learns
-        /// from them): how well they route the labelled messages of --test
-        #[arg(long, value_name = "DIR", conflicts_with = "data", requires = "test")]
+        /// from them): how well they route the labelled messages of --test, or with --folds how
+        /// well they tell their intents apart
+        #[arg(long, value_name = "DIR", conflicts_with = "data")]
         sops: Option<PathBuf>,
         /// Test CSV
         #[arg(
             long,
             value_name = "FILE",
-            required_unless_present = "data",
+            required_unless_present_any = ["data", "folds"],
             conflicts_with = "data"
         )]
         test: Option<PathBuf>,
@@ -112,9 +114,10 @@ pub enum Command {
         /// Share of --data held out for the test, per intent
         #[arg(long, default_value_t = 0.2, value_name = "FRACTION")]
         holdout: f64,
-        /// Cross-validate on --data instead: split it into K folds per intent and test each on a
-        /// model trained on the others (a steadier measure than one split, K times the training)
-        #[arg(long, value_name = "K", requires = "data", conflicts_with_all = ["holdout", "train", "test"])]
+        /// Cross-validate --data (or --sops) instead: split it into K folds per intent and test
+        /// each on a model trained on the others (a steadier measure than one split, K times the
+        /// training)
+        #[arg(long, value_name = "K", conflicts_with_all = ["holdout", "train", "test"])]
         folds: Option<usize>,
         /// Also measure out-of-scope detection: hold out this share of the intents (chosen by the
         /// seed) from training, so that their test rows count as `oos`
@@ -294,12 +297,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 train.retain(|(label, _)| unknown.binary_search(label).is_err());
                 eval_run(&train, &test, &options)
             };
-            if let (Some(k), Some(data)) = (folds, &data) {
+            let sop_examples = |dir: &std::path::Path| -> anyhow::Result<Examples> {
+                Ok(crate::sop::SopSet::load(dir)?.0.training_examples())
+            };
+            if let Some(k) = folds {
                 anyhow::ensure!(
                     (2..=MAX_EVAL_FOLDS).contains(&k),
                     "--folds must be between 2 and {MAX_EVAL_FOLDS}"
                 );
-                let all = crate::routing::dataset::read_csv(data)?;
+                let all = match (&data, &sops) {
+                    (Some(data), _) => crate::routing::dataset::read_csv(data)?,
+                    (None, Some(dir)) => sop_examples(dir)?,
+                    (None, None) => {
+                        anyhow::bail!("--folds cross-validates --data FILE or --sops DIR")
+                    }
+                };
                 let unknown = unknown_of(&all)?;
                 let fold_of = crate::routing::dataset::stratified_folds(&all, k, seed);
                 let mut runs = Vec::with_capacity(k);
@@ -323,7 +335,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::routing::dataset::read_csv(&test)?,
                 ),
                 (None, None, Some(test)) if let Some(dir) = &sops => (
-                    crate::sop::SopSet::load(dir)?.0.training_examples(),
+                    sop_examples(dir)?,
                     crate::routing::dataset::read_csv(&test)?,
                 ),
                 _ => anyhow::bail!("give --train (or --sops) and --test, or --data"),

@@ -376,6 +376,23 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     );
     let (ok, _, err) = eval(&["--sops", sops]);
     assert!(!ok && err.contains("--test"), "{err}");
+    // Cross-validating the SOP examples themselves: every example tested once.
+    let (ok, out, err) = eval(&["--sops", sops, "--folds", "3", "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let folds = v["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 3, "{v}");
+    let tested: u64 = folds
+        .iter()
+        .map(|f| f["test_examples"].as_u64().unwrap())
+        .sum();
+    assert!(tested > 100 && v["examples"] == tested, "{v}");
+    assert_eq!(v["unseen_test_rows"], 0, "{v}");
+    let (ok, _, err) = eval(&["--folds", "3"]);
+    assert!(
+        !ok && err.contains("--folds cross-validates --data FILE or --sops DIR"),
+        "{err}"
+    );
 
     let (ok, _, err) = eval(&["--data", csv, "--unknown-intents", "0.6"]);
     assert!(!ok && err.contains("--unknown-intents must be"), "{err}");
