@@ -297,17 +297,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 train.retain(|(label, _)| unknown.binary_search(label).is_err());
                 eval_run(&train, &test, &options)
             };
-            let sop_examples = |dir: &std::path::Path| -> anyhow::Result<Examples> {
-                Ok(crate::sop::SopSet::load(dir)?.0.training_examples())
+            let sop_set = match &sops {
+                Some(dir) => Some(crate::sop::SopSet::load(dir)?.0),
+                None => None,
             };
+            let sop_examples = || sop_set.as_ref().map(|set| set.training_examples());
+            // Which SOP each intent routes to, for the SOP-level accuracy.
+            let sop_of: Option<std::collections::HashMap<String, String>> =
+                sop_set.as_ref().map(|set| {
+                    set.active()
+                        .flat_map(|sop| {
+                            sop.file
+                                .intents
+                                .iter()
+                                .map(|intent| (intent.clone(), sop.id().to_string()))
+                        })
+                        .collect()
+                });
             if let Some(k) = folds {
                 anyhow::ensure!(
                     (2..=MAX_EVAL_FOLDS).contains(&k),
                     "--folds must be between 2 and {MAX_EVAL_FOLDS}"
                 );
-                let all = match (&data, &sops) {
+                let all = match (&data, sop_examples()) {
                     (Some(data), _) => crate::routing::dataset::read_csv(data)?,
-                    (None, Some(dir)) => sop_examples(dir)?,
+                    (None, Some(examples)) => examples,
                     (None, None) => {
                         anyhow::bail!("--folds cross-validates --data FILE or --sops DIR")
                     }
@@ -319,7 +333,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let (train, test) = crate::routing::dataset::fold_split(&all, &fold_of, fold);
                     runs.push(run(train, test, &unknown)?);
                 }
-                return eval(&runs, &unknown, target_accuracy, format);
+                return eval(&runs, &unknown, sop_of.as_ref(), target_accuracy, format);
             }
             let (train, test) = match (data, train, test) {
                 (Some(data), _, _) => {
@@ -334,15 +348,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::routing::dataset::read_csv(&train)?,
                     crate::routing::dataset::read_csv(&test)?,
                 ),
-                (None, None, Some(test)) if let Some(dir) = &sops => (
-                    sop_examples(dir)?,
-                    crate::routing::dataset::read_csv(&test)?,
-                ),
+                (None, None, Some(test)) if let Some(examples) = sop_examples() => {
+                    (examples, crate::routing::dataset::read_csv(&test)?)
+                }
                 _ => anyhow::bail!("give --train (or --sops) and --test, or --data"),
             };
             let unknown = unknown_of(&train)?;
             let run = run(train, test, &unknown)?;
-            eval(&[run], &unknown, target_accuracy, format)
+            eval(&[run], &unknown, sop_of.as_ref(), target_accuracy, format)
         }
         Command::PrintConfig => {
             print!("{}", config.to_masked_toml());
@@ -521,10 +534,12 @@ fn eval_run(
 
 /// Prints the report over all `runs`' test rows: one run for a split, one
 /// per fold when cross-validating. `unknown` are the intents held out of
-/// training by `--unknown-intents`.
+/// training by `--unknown-intents`; `sop_of` maps intents to the SOP that
+/// answers them (with `--sops`).
 fn eval(
     runs: &[EvalRun],
     unknown: &[String],
+    sop_of: Option<&std::collections::HashMap<String, String>>,
     target_accuracy: f64,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
@@ -539,6 +554,7 @@ fn eval(
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
     let train_secs: f64 = runs.iter().map(|r| r.train_secs).sum();
     let unseen: usize = runs.iter().map(|r| r.unseen).sum();
+    let sop_accuracy = sop_of.map(|sop_of| crate::routing::eval::sop_accuracy(&scored, sop_of));
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(&r)?;
@@ -548,6 +564,9 @@ fn eval(
                 v["unknown_intents"] = serde_json::json!(unknown);
             }
             v["unseen_test_rows"] = serde_json::json!(unseen);
+            if let Some(a) = sop_accuracy {
+                v["sop_accuracy"] = serde_json::json!(a);
+            }
             match runs {
                 [run] => {
                     v["train_examples"] = serde_json::json!(run.train_examples);
@@ -604,6 +623,9 @@ fn eval(
             }
             println!("test examples     {}", r.examples);
             println!("accuracy          {:.4}", r.accuracy);
+            if let Some(a) = sop_accuracy {
+                println!("SOP accuracy      {a:.4} (routed to the SOP that answers the intent)");
+            }
             println!("macro-F1          {:.4}", r.macro_f1);
             println!("ECE               {:.4}", r.ece);
             for (acc, cov) in &r.coverage_at_accuracy {

@@ -364,16 +364,17 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     assert_eq!(v["unseen_test_rows"], 60, "{v}");
     assert_eq!(v["out_of_scope"]["examples"], 60, "{v}");
     assert_eq!(v["examples"], 120, "{v}");
-    assert!(
-        v["accuracy"].as_f64().unwrap() > 0.5,
-        "card_arrival, exchange_rate: {v}"
-    );
+    let accuracy = v["accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.5, "card_arrival, exchange_rate: {v}");
+    // Routed to the right SOP at least as often as to the right intent.
+    assert!(v["sop_accuracy"].as_f64().unwrap() >= accuracy, "{v}");
     let (ok, out, err) = eval(&["--sops", sops, "--test", csv]);
     assert!(ok, "{err}");
     assert!(
         out.contains("\nunseen intents    60 test rows have intents the training data lacks"),
         "{out}"
     );
+    assert!(out.contains("\nSOP accuracy      "), "{out}");
     let (ok, _, err) = eval(&["--sops", sops]);
     assert!(!ok && err.contains("--test"), "{err}");
     // Cross-validating the SOP examples themselves: every example tested once.
