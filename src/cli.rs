@@ -302,18 +302,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let sop_examples = || sop_set.as_ref().map(|set| set.training_examples());
-            // Which SOP each intent routes to, for the SOP-level accuracy.
-            let sop_of: Option<std::collections::HashMap<String, String>> =
-                sop_set.as_ref().map(|set| {
-                    set.active()
-                        .flat_map(|sop| {
-                            sop.file
-                                .intents
-                                .iter()
-                                .map(|intent| (intent.clone(), sop.id().to_string()))
-                        })
-                        .collect()
-                });
             if let Some(k) = folds {
                 anyhow::ensure!(
                     (2..=MAX_EVAL_FOLDS).contains(&k),
@@ -333,7 +321,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let (train, test) = crate::routing::dataset::fold_split(&all, &fold_of, fold);
                     runs.push(run(train, test, &unknown)?);
                 }
-                return eval(&runs, &unknown, sop_of.as_ref(), target_accuracy, format);
+                return eval(&runs, &unknown, sop_set.as_ref(), target_accuracy, format);
             }
             let (train, test) = match (data, train, test) {
                 (Some(data), _, _) => {
@@ -355,7 +343,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let unknown = unknown_of(&train)?;
             let run = run(train, test, &unknown)?;
-            eval(&[run], &unknown, sop_of.as_ref(), target_accuracy, format)
+            eval(&[run], &unknown, sop_set.as_ref(), target_accuracy, format)
         }
         Command::PrintConfig => {
             print!("{}", config.to_masked_toml());
@@ -534,12 +522,12 @@ fn eval_run(
 
 /// Prints the report over all `runs`' test rows: one run for a split, one
 /// per fold when cross-validating. `unknown` are the intents held out of
-/// training by `--unknown-intents`; `sop_of` maps intents to the SOP that
-/// answers them (with `--sops`).
+/// training by `--unknown-intents`; `sops` are the SOPs trained on (with
+/// `--sops`), for the SOP-level accuracy.
 fn eval(
     runs: &[EvalRun],
     unknown: &[String],
-    sop_of: Option<&std::collections::HashMap<String, String>>,
+    sops: Option<&crate::sop::SopSet>,
     target_accuracy: f64,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
@@ -554,7 +542,11 @@ fn eval(
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
     let train_secs: f64 = runs.iter().map(|r| r.train_secs).sum();
     let unseen: usize = runs.iter().map(|r| r.unseen).sum();
-    let sop_accuracy = sop_of.map(|sop_of| crate::routing::eval::sop_accuracy(&scored, sop_of));
+    let sop_accuracy = sops.map(|set| {
+        crate::routing::eval::sop_accuracy(&scored, |intent| {
+            set.for_intent(intent).map(|sop| sop.id())
+        })
+    });
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(&r)?;
