@@ -504,9 +504,9 @@ fn eval_run(
         let (predicted, confidence) = ranked.first().cloned().unwrap_or_default();
         scored.push(Scored {
             label: label.to_string(),
+            abstained: confidence < threshold || predicted == OUT_OF_SCOPE,
             predicted,
             confidence,
-            abstained: confidence < threshold,
         });
     }
     Ok(EvalRun {

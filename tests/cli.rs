@@ -264,17 +264,19 @@ fn eval(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn eval_measures_a_split_and_cross_validates_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("data.csv");
+/// The four intents of the `eval` tests, each with its own four words.
+const EVAL_INTENTS: [(&str, [&str; 4]); 4] = [
+    ("card_arrival", ["card", "arrive", "post", "delivery"]),
+    ("exchange_rate", ["rate", "euro", "dollars", "convert"]),
+    ("top_up", ["top", "up", "add", "money"]),
+    ("close_account", ["close", "account", "leave", "delete"]),
+];
+
+/// A `text,intent` file of 30 rows per intent, each row two of its words.
+fn labelled_csv(dir: &std::path::Path, intents: &[(&str, [&str; 4])]) -> String {
+    let csv = dir.join("data.csv");
     let mut rows = String::from("text,intent\n");
-    for (intent, words) in [
-        ("card_arrival", ["card", "arrive", "post", "delivery"]),
-        ("exchange_rate", ["rate", "euro", "dollars", "convert"]),
-        ("top_up", ["top", "up", "add", "money"]),
-        ("close_account", ["close", "account", "leave", "delete"]),
-    ] {
+    for (intent, words) in intents {
         for i in 0..30 {
             rows += &format!(
                 "\"{} {}, please {i}\",{intent}\n",
@@ -284,7 +286,14 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
         }
     }
     std::fs::write(&csv, rows).unwrap();
-    let csv = csv.to_str().unwrap();
+    csv.to_str().unwrap().to_string()
+}
+
+#[test]
+fn eval_measures_a_split_and_cross_validates_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = labelled_csv(dir.path(), &EVAL_INTENTS);
+    let csv = csv.as_str();
 
     let (ok, out, err) = eval(&["--data", csv, "--seed", "3", "--format", "json"]);
     assert!(ok, "{err}");
@@ -405,4 +414,29 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     );
     let (ok, _, err) = eval(&["--train", csv, "--test", csv, "--folds", "3"]);
     assert!(!ok && err.contains("cannot be used with"), "{err}");
+}
+
+#[test]
+fn eval_counts_routing_to_oos_as_review() {
+    // Known off-topic traffic labelled `oos` in training: the router learns
+    // it like an intent, and no SOP answers it, so a message routed there
+    // goes to review however confident the model is.
+    let dir = tempfile::tempdir().unwrap();
+    let mut intents = EVAL_INTENTS.to_vec();
+    intents.push(("oos", ["weather", "football", "recipe", "poem"]));
+    let csv = labelled_csv(dir.path(), &intents);
+    let csv = csv.as_str();
+    let (ok, out, err) = eval(&["--data", csv, "--seed", "3", "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let oos = &v["out_of_scope"];
+    assert_eq!(oos["examples"], 6, "{v}");
+    assert_eq!(oos["recall"], 1.0, "every oos row routed to oos: {v}");
+    assert_eq!(oos["auroc"], 1.0, "{v}");
+    assert_eq!(v["unseen_test_rows"], 0, "{v}");
+    assert!(v["auto_coverage"].as_f64().unwrap() > 0.5, "{v}");
+    // The training-time threshold decides only rows it could answer: the
+    // 24 of 120 held-out `oos` rows are not among them.
+    let covered = v["calibration"]["coverage"].as_f64().unwrap();
+    assert!(covered > 0.5 && covered <= 0.8, "{v}");
 }

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::calibration::{self, Calibration};
 use super::dataset::{fold_split, stratified_folds, stratified_split};
+use super::eval::OUT_OF_SCOPE;
 use super::mlp::{Mlp, MlpOptions};
 use unicode_normalization::UnicodeNormalization;
 
@@ -832,15 +833,27 @@ impl Classifier {
         scores
     }
 
-    /// Logits and the label index of every example whose label this model knows.
-    fn scores_of(&self, examples: &[(String, String)]) -> Vec<(Vec<f32>, usize)> {
+    /// Every example whose label this model knows, scored.
+    fn scores_of(&self, examples: &[(String, String)]) -> Vec<Held> {
+        let oos = self.labels.iter().position(|l| l == OUT_OF_SCOPE);
         examples
             .iter()
             .filter_map(|(label, text)| {
-                Some((
-                    self.logits(text),
-                    self.labels.iter().position(|l| l == label)?,
-                ))
+                let logits = self.logits(text);
+                // The first of equal best scores, as `calibrate` ranks them.
+                let best = logits
+                    .iter()
+                    .enumerate()
+                    .fold(None, |best: Option<(usize, f32)>, (i, &z)| match best {
+                        Some((_, top)) if top >= z => best,
+                        _ => Some((i, z)),
+                    })
+                    .map(|(i, _)| i);
+                Some(Held {
+                    label: self.labels.iter().position(|l| l == label)?,
+                    to_oos: oos.is_some() && best == oos,
+                    logits,
+                })
             })
             .collect()
     }
@@ -1192,6 +1205,16 @@ impl SplitMix64 {
     }
 }
 
+/// A held-out example as the model that scored it saw it.
+struct Held {
+    logits: Vec<f32>,
+    /// The example's intent, as an index into that model's labels.
+    label: usize,
+    /// The model routes it to `oos`: review whatever its confidence, so it
+    /// has no say in the threshold for answering automatically.
+    to_oos: bool,
+}
+
 /// Scores of every example from a model trained on the folds it is not in
 /// (see `calibrate`). An example whose intent has no other example in training
 /// has nothing to be scored against and is left out.
@@ -1199,7 +1222,7 @@ fn cross_fitted_scores(
     examples: &[(String, String)],
     options: &TrainOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
-) -> Vec<(Vec<f32>, usize)> {
+) -> Vec<Held> {
     let k = options.calibration_folds;
     let folds = stratified_folds(examples, k, options.seed ^ 0x5eed);
     let mut rows = Vec::with_capacity(examples.len());
@@ -1227,7 +1250,7 @@ fn calibrate(
     options: &TrainOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Option<Calibration> {
-    let rows = if examples.len() < options.cross_fit_below && options.calibration_folds >= 2 {
+    let held = if examples.len() < options.cross_fit_below && options.calibration_folds >= 2 {
         cross_fitted_scores(examples, options, progress)
     } else {
         let (fit, held) = stratified_split(
@@ -1241,9 +1264,13 @@ fn calibrate(
         let inner = Classifier::fit_examples(&fit, options, progress).ok()?;
         inner.scores_of(&held)
     };
-    if rows.len() < 20 {
+    if held.len() < 20 {
         return None;
     }
+    let (to_oos, rows): (Vec<bool>, Vec<(Vec<f32>, usize)>) = held
+        .into_iter()
+        .map(|h| (h.to_oos, (h.logits, h.label)))
+        .unzip();
     let temperature = calibration::fit_temperature(&rows);
     let pairs_at =
         |t: f32| -> Vec<(f64, bool)> {
@@ -1259,9 +1286,18 @@ fn calibrate(
         };
     let before = pairs_at(1.0);
     let after = pairs_at(temperature);
-    let threshold = options
-        .target_accuracy
-        .and_then(|target| calibration::threshold_for_accuracy(&after, target));
+    // The threshold is chosen over the rows it decides: the ones the model
+    // routes to an intent a SOP may answer.
+    let answerable: Vec<(f64, bool)> = after
+        .iter()
+        .zip(&to_oos)
+        .filter(|(_, to_oos)| !**to_oos)
+        .map(|(pair, _)| *pair)
+        .collect();
+    let threshold = options.target_accuracy.and_then(|target| {
+        calibration::threshold_for_accuracy(&answerable, target)
+            .map(|(t, covered)| (t, covered * answerable.len() as f64 / after.len() as f64))
+    });
     Some(Calibration {
         temperature,
         holdout_examples: rows.len(),

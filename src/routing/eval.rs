@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// The label test files use for messages no intent covers.
+/// The label for messages no intent covers. Test rows with it measure
+/// out-of-scope detection; training rows with it teach the router known
+/// off-topic traffic, and a message it routes to `oos` goes to review (no SOP
+/// answers it), however confident the model is.
 pub const OUT_OF_SCOPE: &str = "oos";
 
 /// One scored test example: the true label, the predicted one and its confidence.
@@ -72,13 +75,24 @@ fn correct(s: &Scored) -> bool {
     s.label == s.predicted
 }
 
+/// What ranks a row for risk–coverage and out-of-scope AUROC: its
+/// confidence, except that a row routed to `oos` is never answered, whatever
+/// the threshold, so it ranks below every row that could be.
+fn answer_score(s: &Scored) -> f64 {
+    if s.predicted == OUT_OF_SCOPE {
+        -1.0
+    } else {
+        s.confidence
+    }
+}
+
 pub fn report(scored: &[Scored]) -> Report {
     let in_scope: Vec<&Scored> = scored.iter().filter(|s| s.label != OUT_OF_SCOPE).collect();
     let n = in_scope.len().max(1) as f64;
     let accuracy = in_scope.iter().filter(|s| correct(s)).count() as f64 / n;
 
     let mut by_conf: Vec<&Scored> = in_scope.clone();
-    by_conf.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    by_conf.sort_by(|a, b| answer_score(b).total_cmp(&answer_score(a)));
     let mut prefix_correct = Vec::with_capacity(by_conf.len());
     let mut running = 0usize;
     for s in &by_conf {
@@ -126,8 +140,8 @@ pub fn report(scored: &[Scored]) -> Report {
                 caught as f64 / abstained_total as f64
             },
             auroc: auroc(
-                &oos.iter().map(|s| s.confidence).collect::<Vec<_>>(),
-                &in_scope.iter().map(|s| s.confidence).collect::<Vec<_>>(),
+                &oos.iter().map(|s| answer_score(s)).collect::<Vec<_>>(),
+                &in_scope.iter().map(|s| answer_score(s)).collect::<Vec<_>>(),
             ),
         }
     });
@@ -310,6 +324,32 @@ mod tests {
                 answered: 1
             }]
         );
+    }
+
+    #[test]
+    fn routing_to_oos_is_review_whatever_the_confidence() {
+        let mut scored = vec![
+            s("a", "a", 0.9),
+            s("a", "a", 0.8),
+            s("b", "b", 0.7),
+            s("b", "oos", 0.95), // in scope, sent to review: wrong, never covered
+            s("oos", "oos", 0.99),
+            s("oos", "a", 0.6),
+        ];
+        for row in &mut scored {
+            row.abstained |= row.predicted == OUT_OF_SCOPE;
+        }
+        let r = report(&scored);
+        assert_eq!(r.accuracy, 0.75);
+        // The three answerable in-scope rows are right: 75% at 99%.
+        assert_eq!(r.coverage_at_accuracy["0.99"], 0.75);
+        assert_eq!(r.accuracy_at_coverage["0.70"], 1.0);
+        let oos = r.out_of_scope.unwrap();
+        assert_eq!((oos.recall, oos.precision), (0.5, 0.5));
+        // The row routed to oos ties the in-scope one routed there (half),
+        // and is below the other three; 0.6 is below 0.7, 0.8, 0.9 only.
+        assert_eq!(oos.auroc, (3.5 + 3.0) / 8.0);
+        assert_eq!(r.confused[0].predicted, "oos");
     }
 
     #[test]
