@@ -146,7 +146,8 @@ pub enum SopsCommand {
     /// Checks: YAML syntax, the JSON Schema (sops/sop.schema.json), duplicate id@version, more than
     /// one active version per id, agents not declared in agents.yaml, intents claimed by two active
     /// SOPs, examples that do not match intents, and templates that fail to compile or to render
-    /// with a sample context (with and without the customer's name and email).
+    /// with a sample context (with and without the customer's name and email). Warns about intents
+    /// with fewer than 15 examples and examples listed under two intents.
     Check {
         /// Folder to check [default: sops.dir]
         dir: Option<PathBuf>,

@@ -249,3 +249,38 @@ fn an_output_schema_without_a_reply_string_is_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn an_example_under_two_intents_is_a_warning() {
+    let dir = broken(|d| {
+        // The same words as verify-identity's "verify identity".
+        replace_in(
+            d,
+            "card-delivery.v1.yaml",
+            "    - card not arrived\n",
+            "    - card not arrived\n    - Verify identity!\n",
+        );
+        // Under both intents of one SOP.
+        replace_in(
+            d,
+            "verify-identity.v1.yaml",
+            "    - why do you need my ID\n",
+            "    - why do you need my ID\n    - How do I verify my identity?\n",
+        );
+    });
+    let (ok, text) = check(dir.path());
+    assert!(ok, "warnings only: {text}");
+    assert!(text.contains("2 warning(s)"), "{text}");
+    assert!(
+        text.contains(
+            "example `verify identity` of intent `verify_my_identity` is also an example of `card_arrival` in SOP `card-delivery`"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "example `How do I verify my identity?` of intent `why_verify_identity` is also an example of `verify_my_identity` in this SOP"
+        ),
+        "{text}"
+    );
+}

@@ -557,6 +557,7 @@ pub fn lint(dir: &Path) -> Report {
     }
 
     cross_check(&sops, &agents, &mut diags);
+    shared_examples(&sops, &mut diags);
     let mut tera = tera::Tera::default();
     compile_templates(&sops, &mut tera, &mut diags);
 
@@ -599,6 +600,63 @@ pub fn lint(dir: &Path) -> Report {
             active_by_intent,
             tera,
         }),
+    }
+}
+
+/// Each example of a SOP with its intent and its JSON pointer in the file.
+fn example_places(sop: &Sop) -> Vec<(&str, &str, String)> {
+    match &sop.file.examples {
+        Examples::List(items) => {
+            let intent = sop.file.intents.first().map_or("", String::as_str);
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, text)| (intent, text.as_str(), format!("/examples/{i}")))
+                .collect()
+        }
+        Examples::ByIntent(map) => map
+            .iter()
+            .flat_map(|(intent, items)| {
+                items.iter().enumerate().map(move |(i, text)| {
+                    (
+                        intent.as_str(),
+                        text.as_str(),
+                        format!("/examples/{intent}/{i}"),
+                    )
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Warns about an example that active SOPs list under two intents (the same
+/// words, whatever the case and punctuation): the router learns both intents
+/// from the same message and cannot tell them apart on messages like it.
+fn shared_examples(sops: &[Sop], diags: &mut Vec<Diagnostic>) {
+    let mut first: HashMap<String, (&str, &Sop)> = HashMap::new();
+    for sop in sops.iter().filter(|s| s.file.status == Status::Active) {
+        for (intent, text, pointer) in example_places(sop) {
+            let words = crate::routing::classifier::tokens(text).join(" ");
+            let (other, owner) = *first.entry(words).or_insert((intent, sop));
+            if other == intent {
+                continue;
+            }
+            let place = if std::ptr::eq(owner, sop) {
+                "in this SOP".to_string()
+            } else {
+                format!("in SOP `{}` ({})", owner.file.id, owner.path.display())
+            };
+            diags.push(Diagnostic {
+                severity: Severity::Warning,
+                file: sop.path.clone(),
+                line: locate::line_of(&sop.content, &pointer),
+                field: Some(pointer),
+                message: format!(
+                    "example `{text}` of intent `{intent}` is also an example of `{other}` {place}: \
+                     the router cannot tell the two apart on messages like it; keep it under one intent"
+                ),
+            });
+        }
     }
 }
 
