@@ -615,22 +615,28 @@ fn eval(
                 );
             }
             println!("test examples     {}", r.examples);
-            println!("accuracy          {:.4}", r.accuracy);
-            if let Some(a) = sop_accuracy {
-                println!("SOP accuracy      {a:.4} (routed to the SOP that answers the intent)");
+            if r.in_scope_examples == 0 {
+                println!("accuracy          none measured: every test row is out of scope");
+            } else {
+                println!("accuracy          {:.4}", r.accuracy);
+                if let Some(a) = sop_accuracy {
+                    println!(
+                        "SOP accuracy      {a:.4} (routed to the SOP that answers the intent)"
+                    );
+                }
+                println!("macro-F1          {:.4}", r.macro_f1);
+                println!("ECE               {:.4}", r.ece);
+                for (acc, cov) in &r.coverage_at_accuracy {
+                    println!("coverage @ acc {acc}   {cov:.4}");
+                }
+                for (cov, acc) in &r.accuracy_at_coverage {
+                    println!("accuracy @ cov {cov}   {acc:.4}");
+                }
+                println!(
+                    "auto-answered     {:.4} of test traffic at accuracy {:.4} (threshold from calibration)",
+                    r.auto_coverage, r.auto_accuracy
+                );
             }
-            println!("macro-F1          {:.4}", r.macro_f1);
-            println!("ECE               {:.4}", r.ece);
-            for (acc, cov) in &r.coverage_at_accuracy {
-                println!("coverage @ acc {acc}   {cov:.4}");
-            }
-            for (cov, acc) in &r.accuracy_at_coverage {
-                println!("accuracy @ cov {cov}   {acc:.4}");
-            }
-            println!(
-                "auto-answered     {:.4} of test traffic at accuracy {:.4} (threshold from calibration)",
-                r.auto_coverage, r.auto_accuracy
-            );
             if let Some(oos) = &r.out_of_scope {
                 println!(
                     "out-of-scope      {} rows, recall {:.4}, precision {:.4}, AUROC {:.4}",

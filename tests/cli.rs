@@ -439,4 +439,34 @@ fn eval_counts_routing_to_oos_as_review() {
     // 24 of 120 held-out `oos` rows are not among them.
     let covered = v["calibration"]["coverage"].as_f64().unwrap();
     assert!(covered > 0.5 && covered <= 0.8, "{v}");
+
+    // A test file of off-topic rows only: nothing in scope to measure.
+    let off_topic = dir.path().join("off-topic.csv");
+    std::fs::write(
+        &off_topic,
+        "text,intent\nweather poem,oos\nfootball recipe,oos\n",
+    )
+    .unwrap();
+    let off_topic = off_topic.to_str().unwrap();
+    let (ok, out, err) = eval(&["--train", csv, "--test", off_topic]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\naccuracy          none measured: every test row is out of scope\n")
+            && !out.contains("macro-F1")
+            && out.contains("\nout-of-scope      2 rows, recall 1.0000"),
+        "{out}"
+    );
+    let (ok, out, err) = eval(&["--train", csv, "--test", off_topic, "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["examples"].as_u64(), v["in_scope_examples"].as_u64()),
+        (Some(2), Some(0))
+    );
+
+    // A missing file is named once, with the cause once.
+    let (ok, _, err) = eval(&["--train", csv, "--test", "no-such-file.csv"]);
+    assert!(!ok, "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    assert!(err.starts_with("error: no-such-file.csv: "), "{err}");
 }

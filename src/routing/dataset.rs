@@ -13,21 +13,20 @@ pub type Examples = Vec<(String, String)>;
 pub enum DatasetError {
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
-    #[error("{path}: {source}")]
-    Csv {
-        path: String,
-        #[source]
-        source: csv::Error,
-    },
+    /// The CSV error's text already includes its cause (an I/O error, say),
+    /// so it is shown here and not chained as a source: `error: {err:#}`
+    /// would print the cause twice.
+    #[error("{path}: {error}")]
+    Csv { path: String, error: csv::Error },
 }
 
 /// Reads a CSV with a header naming a `text` column and an `intent` (or
 /// `category`, or `label`) column; other columns are ignored.
 pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
     let shown = path.display().to_string();
-    let csv_err = |source| DatasetError::Csv {
+    let csv_err = |error| DatasetError::Csv {
         path: shown.clone(),
-        source,
+        error,
     };
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)

@@ -25,6 +25,9 @@ pub struct Scored {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub examples: usize,
+    /// Rows not labelled `oos`: what accuracy, calibration and risk–coverage
+    /// are measured on (all 0 when there are none).
+    pub in_scope_examples: usize,
     /// Accuracy over in-scope examples, abstentions included as answers.
     pub accuracy: f64,
     pub macro_f1: f64,
@@ -167,6 +170,7 @@ pub fn report(scored: &[Scored]) -> Report {
 
     Report {
         examples: scored.len(),
+        in_scope_examples: in_scope.len(),
         accuracy,
         macro_f1: macro_f1(&in_scope),
         ece: ece(in_scope.iter().map(|s| (s.confidence, correct(s)))),
