@@ -80,7 +80,8 @@ pub enum Command {
     /// Prints accuracy, macro-F1, calibration error (ECE), a risk–coverage table (coverage reached
     /// at 95/98/99% accuracy, accuracy at 70/80/90% coverage), out-of-scope recall, precision and
     /// AUROC when the test has `oos` rows, and classification latency. CSV files need a header
-    /// with a `text` column and an `intent` or `category` column. Use --data with --holdout to split
+    /// with a `text` column and an `intent` or `category` column (separated by commas, tabs or
+    /// semicolons). Use --data with --holdout to split
     /// one file (stratified, fixed seed) instead of --train/--test, --data with --folds K to
     /// cross-validate (K models, each tested on the share it did not see, every row tested once),
     /// or --sops DIR to train on (or with --folds, cross-validate) a SOP folder's examples. Test

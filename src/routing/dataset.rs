@@ -20,18 +20,21 @@ pub enum DatasetError {
     Csv { path: String, error: csv::Error },
 }
 
-/// Reads a CSV with a header naming a `text` column and an `intent` (or
-/// `category`, or `label`) column; other columns are ignored.
+/// Reads a CSV with a header naming a `text` (or `utterance`, `message`,
+/// `sentence`, `query`) column and an `intent` (or `category`, `label`)
+/// column; other columns are ignored. Columns may be separated by commas,
+/// tabs or semicolons: the header line tells which.
 pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
     let shown = path.display().to_string();
     let csv_err = |error| DatasetError::Csv {
         path: shown.clone(),
         error,
     };
+    let bytes = std::fs::read(path).map_err(|e| csv_err(e.into()))?;
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_path(path)
-        .map_err(csv_err)?;
+        .delimiter(delimiter_of(&bytes))
+        .from_reader(bytes.as_slice());
     let headers = reader.headers().map_err(csv_err)?.clone();
     let find = |names: &[&str]| {
         headers
@@ -39,10 +42,10 @@ pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
             .position(|h| names.iter().any(|n| h.trim().eq_ignore_ascii_case(n)))
     };
     let text_col =
-        find(&["text", "utterance", "message"]).ok_or_else(|| DatasetError::Invalid {
+        find(&["text", "utterance", "message", "sentence", "query"]).ok_or_else(|| DatasetError::Invalid {
             path: shown.clone(),
             message: format!(
-                "no `text` column in header {:?}",
+                "no `text` column in header {:?} (columns are separated by commas, tabs or semicolons)",
                 headers.iter().collect::<Vec<_>>()
             ),
         })?;
@@ -168,9 +171,63 @@ pub fn choose_intents(examples: &[(String, String)], share: f64, seed: u64) -> V
     intents
 }
 
+/// The separator of the header line: the most frequent of comma, tab and
+/// semicolon outside quotes (a comma when there is none).
+fn delimiter_of(bytes: &[u8]) -> u8 {
+    let header = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut quoted = false;
+    let mut counts = [0usize; 3];
+    for &b in header {
+        match b {
+            b'"' => quoted = !quoted,
+            b',' if !quoted => counts[0] += 1,
+            b'\t' if !quoted => counts[1] += 1,
+            b';' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3).max_by_key(|&i| (counts[i], std::cmp::Reverse(i)));
+    [b',', b'\t', b';'][best.unwrap_or(0)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_csv_finds_the_columns_whatever_the_separator() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected: Examples = vec![
+            ("card_arrival".into(), "where is my card, please?".into()),
+            ("top_up".into(), "top up; how".into()),
+        ];
+        for (name, content) in [
+            (
+                "comma.csv",
+                "text,intent\n\"where is my card, please?\",card_arrival\n\"top up; how\",top_up\n",
+            ),
+            (
+                "tab.tsv",
+                "id\tsentence\tlabel\n1\twhere is my card, please?\tcard_arrival\n2\ttop up; how\ttop_up\n",
+            ),
+            (
+                "semicolon.csv",
+                "\u{feff}Category;Text\r\ncard_arrival;where is my card, please?\r\ntop_up;\"top up; how\"\r\n",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_csv(&path).unwrap(), expected, "{name}");
+        }
+        let path = dir.path().join("pipes.csv");
+        std::fs::write(&path, "text|intent\na|b\n").unwrap();
+        let err = read_csv(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("no `text` column in header [\"text|intent\"] (columns are separated by commas, tabs or semicolons)"),
+            "{err}"
+        );
+        assert_eq!(delimiter_of(b""), b',');
+    }
 
     #[test]
     fn unknown_intents_are_a_seeded_share() {
