@@ -506,6 +506,8 @@ fn eval_run(
         let (predicted, confidence) = ranked.first().cloned().unwrap_or_default();
         scored.push(Scored {
             label: label.to_string(),
+            // As in `serve`: no SOP answers `oos`, so a message routed there
+            // goes to review whatever its confidence.
             abstained: confidence < threshold || predicted == OUT_OF_SCOPE,
             predicted,
             confidence,
