@@ -647,13 +647,10 @@ impl Classifier {
         ids.sort_unstable();
         // Sorted ids: counting is a run-length pass, and float sums below run in
         // a fixed order.
-        let mut counts: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
-        for id in ids {
-            match counts.last_mut() {
-                Some((last, tf)) if *last == id => *tf += 1.0,
-                _ => counts.push((id, 1.0)),
-            }
-        }
+        let counts = ids
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run[0], run.len() as f32))
+            .collect();
         self.weigh(counts)
     }
 
@@ -864,19 +861,23 @@ impl Classifier {
         examples
             .iter()
             .filter_map(|(label, text)| {
+                let label = self.labels.iter().position(|l| l == label)?;
                 let logits = self.logits(text);
                 // The first of equal best scores, as `calibrate` ranks them.
-                let best = logits
-                    .iter()
-                    .enumerate()
-                    .fold(None, |best: Option<(usize, f32)>, (i, &z)| match best {
-                        Some((_, top)) if top >= z => best,
-                        _ => Some((i, z)),
-                    })
-                    .map(|(i, _)| i);
+                let first_best = || {
+                    logits
+                        .iter()
+                        .enumerate()
+                        .fold(None, |best: Option<(usize, f32)>, (i, &z)| match best {
+                            Some((_, top)) if top >= z => best,
+                            _ => Some((i, z)),
+                        })
+                        .map(|(i, _)| i)
+                };
+                let to_oos = oos.is_some() && first_best() == oos;
                 Some(Held {
-                    label: self.labels.iter().position(|l| l == label)?,
-                    to_oos: oos.is_some() && best == oos,
+                    label,
+                    to_oos,
                     logits,
                 })
             })
