@@ -196,16 +196,10 @@ impl Sop {
 
     /// `(intent, utterance)` pairs for training the router.
     pub fn examples(&self) -> Vec<(String, String)> {
-        match &self.file.examples {
-            Examples::List(items) => {
-                let intent = self.file.intents.first().cloned().unwrap_or_default();
-                items.iter().map(|t| (intent.clone(), t.clone())).collect()
-            }
-            Examples::ByIntent(map) => map
-                .iter()
-                .flat_map(|(intent, items)| items.iter().map(move |t| (intent.clone(), t.clone())))
-                .collect(),
-        }
+        example_places(self)
+            .into_iter()
+            .map(|(intent, text, _)| (intent.to_string(), text.to_string()))
+            .collect()
     }
 
     fn template_name(&self, part: &str) -> String {
