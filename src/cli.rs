@@ -669,8 +669,13 @@ fn print_eval_run(run: &EvalRun, target_accuracy: f64) {
     );
     if let Some(c) = &run.calibration {
         println!(
-            "calibration       T={:.3} on {} held-out examples, ECE {:.4} -> {:.4}",
-            c.temperature, c.holdout_examples, c.ece_before, c.ece_after
+            "calibration       T={:.3}, top-label slope {:.3} intercept {:.3}, on {} held-out examples, ECE {:.4} -> {:.4}",
+            c.temperature,
+            c.top_label.slope,
+            c.top_label.intercept,
+            c.holdout_examples,
+            c.ece_before,
+            c.ece_after
         );
         match (c.threshold, c.coverage) {
             (Some(t), Some(cov)) => println!(
@@ -744,8 +749,14 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
     match model.calibration() {
         Some(c) => {
             println!(
-                "calibration T={:.3} on {} held-out examples: accuracy {:.4}, ECE {:.4} -> {:.4}",
-                c.temperature, c.holdout_examples, c.holdout_accuracy, c.ece_before, c.ece_after
+                "calibration T={:.3}, top-label slope {:.3} intercept {:.3}, on {} held-out examples: accuracy {:.4}, ECE {:.4} -> {:.4}",
+                c.temperature,
+                c.top_label.slope,
+                c.top_label.intercept,
+                c.holdout_examples,
+                c.holdout_accuracy,
+                c.ece_before,
+                c.ece_after
             );
             if let (Some(target), None) = (c.target_accuracy, c.threshold) {
                 println!(

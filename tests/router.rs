@@ -6,9 +6,10 @@ mod support;
 use std::path::PathBuf;
 
 use sopr::routing::Classifier;
+use sopr::routing::calibration::softmax;
 use sopr::routing::classifier::TrainOptions;
 use sopr::routing::dataset::{read_csv, stratified_split};
-use sopr::routing::eval::{Scored, report};
+use sopr::routing::eval::{Scored, ece, report};
 
 fn banking77() -> PathBuf {
     let path =
@@ -70,6 +71,45 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
         r.auto_accuracy
     );
     assert!(calibration.ece_after <= calibration.ece_before + 1e-9);
+}
+
+/// Few examples per intent, as a new deployment's SOP examples: temperature
+/// scaling alone leaves the top probability well above accuracy there; the
+/// top-label rescaling after it must bring it closer, without changing which
+/// intent ranks first.
+#[test]
+fn small_data_confidence_stays_close_to_accuracy() {
+    let all = read_csv(&banking77()).unwrap();
+    // About 8 examples per intent to train on, the rest (9,400 rows) to test.
+    let (test, train) = stratified_split(&all, 0.06, 3);
+    assert!(train.len() < 1_000 && test.len() > 9_000, "{}", train.len());
+    let model = Classifier::train(&train, &TrainOptions::default()).unwrap();
+    let calibration = model
+        .calibration()
+        .expect("calibrated on cross-fitted scores");
+    let index = |label: &str| model.labels().iter().position(|l| l == label);
+    let (mut rescaled, mut temperature_only) = (Vec::new(), Vec::new());
+    for (label, text) in &test {
+        let ranked = model.classify(text);
+        let total: f64 = ranked.iter().map(|r| r.1).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{total}");
+        let probs = softmax(&model.logits(text), calibration.temperature);
+        let best = (0..probs.len()).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
+        assert_eq!(model.labels()[best], ranked[0].0, "{text}");
+        let correct = index(label) == Some(best);
+        rescaled.push((ranked[0].1, correct));
+        temperature_only.push((f64::from(probs[best]), correct));
+    }
+    let (after, before) = (ece(rescaled.into_iter()), ece(temperature_only.into_iter()));
+    eprintln!(
+        "test ECE {before:.4} with the temperature alone, {after:.4} rescaled; {calibration:?}"
+    );
+    // Measured: 0.0220 with the temperature alone, 0.0092 rescaled.
+    assert!(after <= 0.02, "ECE {after}");
+    assert!(
+        after < before - 0.005,
+        "ECE {after} rescaled against {before}"
+    );
 }
 
 #[test]
