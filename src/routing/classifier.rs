@@ -831,9 +831,12 @@ impl Classifier {
             .calibration
             .as_ref()
             .map_or(TopLabel::IDENTITY, |c| c.top_label);
-        let (best, second) = top_two(&probs);
+        let second = match order.get(1) {
+            Some(&second) => Some(second),
+            None => top_two(&probs).1,
+        };
         let (top, others) = top_label.rescale(
-            f64::from(probs[best]),
+            f64::from(probs[order[0]]),
             second.map_or(0.0, |s| f64::from(probs[s])),
         );
         order
