@@ -321,7 +321,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let mut runs = Vec::with_capacity(k);
                 for fold in 0..k {
                     let (train, test) = crate::routing::dataset::fold_split(&all, &fold_of, fold);
-                    runs.push(run(train, test, &unknown)?);
+                    runs.push(run(train, test, &unknown).with_context(|| {
+                        format!("fold {} of {k}: cannot train on the other folds", fold + 1)
+                    })?);
                 }
                 return eval(&runs, &unknown, sop_set.as_ref(), target_accuracy, format);
             }
@@ -332,7 +334,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "--holdout must be between 0.01 and 0.9"
                     );
                     let all = crate::routing::dataset::read_csv(&data)?;
-                    crate::routing::dataset::stratified_split(&all, holdout, seed)
+                    let (train, test) =
+                        crate::routing::dataset::stratified_split(&all, holdout, seed);
+                    // Each intent keeps at least one example to train on.
+                    anyhow::ensure!(
+                        !test.is_empty(),
+                        "{}: a {holdout} test share of {} rows is empty (every intent keeps at least one row for training); use more rows, a larger --holdout, or --train and --test",
+                        data.display(),
+                        all.len()
+                    );
+                    (train, test)
                 }
                 (None, Some(train), Some(test)) => (
                     crate::routing::dataset::read_csv(&train)?,
@@ -635,10 +646,18 @@ fn eval(
                 for (cov, acc) in &r.accuracy_at_coverage {
                     println!("accuracy @ cov {cov}   {acc:.4}");
                 }
-                println!(
-                    "auto-answered     {:.4} of test traffic at accuracy {:.4} (threshold from calibration)",
-                    r.auto_coverage, r.auto_accuracy
-                );
+                if runs.iter().all(|run| run.calibration.is_none()) {
+                    println!("auto-answered     none: no threshold without calibration");
+                } else if r.auto_coverage == 0.0 {
+                    println!(
+                        "auto-answered     none: the threshold from calibration answers no test message"
+                    );
+                } else {
+                    println!(
+                        "auto-answered     {:.4} of test traffic at accuracy {:.4} (threshold from calibration)",
+                        r.auto_coverage, r.auto_accuracy
+                    );
+                }
             }
             if let Some(oos) = &r.out_of_scope {
                 println!(
@@ -667,24 +686,28 @@ fn print_eval_run(run: &EvalRun, target_accuracy: f64) {
         "model {}  trained on {} examples in {:.2}s",
         run.model, run.train_examples, run.train_secs
     );
-    if let Some(c) = &run.calibration {
+    let Some(c) = &run.calibration else {
         println!(
-            "calibration       T={:.3}, top-label slope {:.3} intercept {:.3}, on {} held-out examples, ECE {:.4} -> {:.4}",
-            c.temperature,
-            c.top_label.slope,
-            c.top_label.intercept,
-            c.holdout_examples,
-            c.ece_before,
-            c.ece_after
+            "calibration       none: fewer than 20 training examples could be scored by a model that did not see them"
         );
-        match (c.threshold, c.coverage) {
-            (Some(t), Some(cov)) => println!(
-                "threshold         {t:.4} for {target_accuracy} accuracy (held-out coverage {cov:.4})"
-            ),
-            _ => println!(
-                "threshold         none reaches {target_accuracy} accuracy on the held-out data"
-            ),
-        }
+        return;
+    };
+    println!(
+        "calibration       T={:.3}, top-label slope {:.3} intercept {:.3}, on {} held-out examples, ECE {:.4} -> {:.4}",
+        c.temperature,
+        c.top_label.slope,
+        c.top_label.intercept,
+        c.holdout_examples,
+        c.ece_before,
+        c.ece_after
+    );
+    match (c.threshold, c.coverage) {
+        (Some(t), Some(cov)) => println!(
+            "threshold         {t:.4} for {target_accuracy} accuracy (held-out coverage {cov:.4})"
+        ),
+        _ => println!(
+            "threshold         none reaches {target_accuracy} accuracy on the held-out data"
+        ),
     }
 }
 

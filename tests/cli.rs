@@ -470,3 +470,64 @@ fn eval_counts_routing_to_oos_as_review() {
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     assert!(err.starts_with("error: no-such-file.csv: "), "{err}");
 }
+
+#[test]
+fn eval_says_what_too_little_data_leaves_unmeasured() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.csv");
+    std::fs::write(
+        &tiny,
+        "text,intent\ncard not here,card_arrival\neuro rate,exchange_rate\n",
+    )
+    .unwrap();
+    let tiny = tiny.to_str().unwrap();
+
+    // A split that leaves nothing to test on is refused, with the way out.
+    let (ok, out, err) = eval(&["--data", tiny]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(
+        err.contains("tiny.csv: a 0.2 test share of 2 rows is empty")
+            && err.contains("--train and --test"),
+        "{err}"
+    );
+
+    // Too few examples to calibrate: no threshold, said as such rather
+    // than as an auto-answered share of 0 at accuracy 0.
+    let (ok, out, err) = eval(&["--train", tiny, "--test", tiny]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\ncalibration       none: fewer than 20 training examples")
+            && out.contains("\nauto-answered     none: no threshold without calibration\n")
+            && out.contains("\naccuracy          1.0000\n"),
+        "{out}"
+    );
+
+    // Two intents worded alike: no threshold reaches 99%, so nothing is answered.
+    let alike = labelled_csv(
+        dir.path(),
+        &[
+            ("card_arrival", ["card", "arrive", "post", "delivery"]),
+            (
+                "card_delivery_estimate",
+                ["card", "arrive", "post", "delivery"],
+            ),
+        ],
+    );
+    let (ok, out, err) = eval(&["--data", &alike]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\nthreshold         none reaches 0.99 accuracy on the held-out data\n")
+            && out.contains(
+                "\nauto-answered     none: the threshold from calibration answers no test message\n"
+            ),
+        "{out}"
+    );
+
+    // Cross-validation names the fold that cannot be trained.
+    let (ok, _, err) = eval(&["--data", tiny, "--folds", "2"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("fold 1 of 2: cannot train on the other folds: need at least two intents"),
+        "{err}"
+    );
+}
