@@ -84,16 +84,20 @@ pub enum Command {
     /// semicolons). Use --data with --holdout to split
     /// one file (stratified, fixed seed) instead of --train/--test, --data with --folds K to
     /// cross-validate (K models, each tested on the share it did not see, every row tested once),
-    /// or --sops DIR to train on (or with --folds, cross-validate) a SOP folder's examples. Test
-    /// rows whose intent the training data lacks count as `oos`; --unknown-intents makes a share of
+    /// or --sops DIR to train on (or with --folds, cross-validate) a SOP folder's examples, with
+    /// --train FILE beside them as `routing.training_data`. With --sops every test message also
+    /// goes through serve's review rules as configured (SOP thresholds and policies, margin,
+    /// flags): the share answered, its accuracy, and why the rest would go to review. Test rows
+    /// whose intent the training data lacks count as `oos`; --unknown-intents makes a share of
     /// the intents unknown on purpose.
     Eval {
-        /// Training CSV
+        /// Training CSV (with --sops, trained on beside the SOP examples, as
+        /// `routing.training_data` is in `serve`)
         #[arg(
             long,
             value_name = "FILE",
             required_unless_present_any = ["data", "sops", "folds"],
-            conflicts_with_all = ["data", "sops"]
+            conflicts_with = "data"
         )]
         train: Option<PathBuf>,
         /// Train on the examples of the active SOPs in this folder instead (what `serve` learns
@@ -128,8 +132,9 @@ pub enum Command {
         #[arg(long)]
         seed: Option<u64>,
         /// Abstain below the threshold that reaches this accuracy on the calibration split
-        #[arg(long, value_name = "ACCURACY", default_value_t = 0.99)]
-        target_accuracy: f64,
+        /// [default: routing.target_accuracy, else 0.99]
+        #[arg(long, value_name = "ACCURACY")]
+        target_accuracy: Option<f64>,
         /// Hidden units of the network added to the linear model, 0 for none
         /// [default: routing.network_hidden]
         #[arg(long, value_name = "UNITS")]
@@ -259,6 +264,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             network_hidden,
             format,
         } => {
+            let target_accuracy = target_accuracy
+                .or(config.routing.target_accuracy)
+                .unwrap_or(0.99);
             anyhow::ensure!(
                 (0.5..1.0).contains(&target_accuracy),
                 "--target-accuracy must be in [0.5, 1)"
@@ -293,15 +301,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(unknown)
             };
+            let sop_set = match &sops {
+                Some(dir) => Some(crate::sop::SopSet::load(dir)?.0),
+                None => None,
+            };
+            // With a SOP folder, each test message also goes through serve's
+            // review rules, as configured.
+            let rules = match &sop_set {
+                Some(set) => Some(ServeRules {
+                    screen: crate::pipeline::screen_for(&config, set)?,
+                    sops: set,
+                    config: &config,
+                }),
+                None => None,
+            };
             // Held-out intents leave training only: `eval_run` scores every
             // test row of an intent the model never learnt as `oos`.
             let run = |mut train: Examples, test: Examples, unknown: &[String]| {
                 train.retain(|(label, _)| unknown.binary_search(label).is_err());
-                eval_run(&train, &test, &options)
-            };
-            let sop_set = match &sops {
-                Some(dir) => Some(crate::sop::SopSet::load(dir)?.0),
-                None => None,
+                eval_run(&train, &test, &options, rules.as_ref())
             };
             let sop_examples = || sop_set.as_ref().map(|set| set.training_examples());
             if let Some(k) = folds {
@@ -345,10 +363,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                     (train, test)
                 }
-                (None, Some(train), Some(test)) => (
-                    crate::routing::dataset::read_csv(&train)?,
-                    crate::routing::dataset::read_csv(&test)?,
-                ),
+                (None, Some(train), Some(test)) => {
+                    let mut examples = sop_examples().unwrap_or_default();
+                    examples.extend(crate::routing::dataset::read_csv(&train)?);
+                    (examples, crate::routing::dataset::read_csv(&test)?)
+                }
                 (None, None, Some(test)) if let Some(examples) = sop_examples() => {
                     (examples, crate::routing::dataset::read_csv(&test)?)
                 }
@@ -480,18 +499,31 @@ struct EvalRun {
     unseen: usize,
     /// Microseconds per message.
     latencies: Vec<f64>,
+    /// Per test row (with `--sops`), why serve's rules would send it to
+    /// review; empty when it would be answered.
+    reasons: Vec<Vec<crate::pipeline::Reason>>,
+}
+
+/// What `serve` decides with, for `sopr eval --sops`.
+struct ServeRules<'a> {
+    sops: &'a crate::sop::SopSet,
+    screen: crate::routing::Screen,
+    config: &'a Config,
 }
 
 fn eval_run(
     train: &[(String, String)],
     test: &[(String, String)],
     options: &crate::routing::classifier::TrainOptions,
+    rules: Option<&ServeRules>,
 ) -> anyhow::Result<EvalRun> {
     use crate::routing::eval::{OUT_OF_SCOPE, Scored};
     let started = std::time::Instant::now();
     let model = crate::routing::Classifier::train(train, options)?;
     let train_secs = started.elapsed().as_secs_f64();
     let calibration = model.calibration().cloned();
+    let auto_threshold = rules.and_then(|r| crate::pipeline::auto_threshold(&model, r.config));
+    let mut reasons = Vec::new();
     let threshold = calibration
         .as_ref()
         .and_then(|c| c.threshold)
@@ -514,6 +546,16 @@ fn eval_run(
         // The call routing makes per message: the top intents of all 77.
         let ranked = model.classify_top(text, EVAL_TOP_K);
         latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        if let Some(r) = rules {
+            reasons.push(crate::pipeline::reasons_for(
+                text,
+                &ranked,
+                r.sops,
+                &r.screen,
+                auto_threshold,
+                r.config,
+            ));
+        }
         let (predicted, confidence) = ranked.first().cloned().unwrap_or_default();
         scored.push(Scored {
             label: label.to_string(),
@@ -532,6 +574,67 @@ fn eval_run(
         scored,
         unseen,
         latencies,
+        reasons,
+    })
+}
+
+/// What serve's rules did with the test rows (`sopr eval --sops`).
+#[derive(serde::Serialize)]
+struct ServeOutcome {
+    /// Share of the test rows answered without review.
+    answered: f64,
+    /// Of the answered rows, the share routed to their labelled intent, and
+    /// to the SOP that answers it.
+    accuracy: f64,
+    sop_accuracy: f64,
+    /// Answered rows whose intent no active SOP covers (`oos` included):
+    /// replies to questions the SOPs were not written for.
+    answered_uncovered: usize,
+    /// Test rows per review reason; a row may have several.
+    reasons: std::collections::BTreeMap<String, usize>,
+}
+
+fn serve_outcome(runs: &[EvalRun], sops: &crate::sop::SopSet) -> Option<ServeOutcome> {
+    let rows: Vec<_> = runs
+        .iter()
+        .flat_map(|run| run.scored.iter().zip(&run.reasons))
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let sop_of = |intent: &str| sops.for_intent(intent).map(|sop| sop.id());
+    let answered: Vec<_> = rows
+        .iter()
+        .filter(|(_, reasons)| reasons.is_empty())
+        .map(|(s, _)| s)
+        .collect();
+    let share = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+    let mut reasons = std::collections::BTreeMap::new();
+    for (_, row) in &rows {
+        let mut names: Vec<String> = row.iter().map(ToString::to_string).collect();
+        names.dedup();
+        for name in names {
+            *reasons.entry(name).or_insert(0) += 1;
+        }
+    }
+    Some(ServeOutcome {
+        answered: share(answered.len(), rows.len()),
+        accuracy: share(
+            answered.iter().filter(|s| s.predicted == s.label).count(),
+            answered.len(),
+        ),
+        sop_accuracy: share(
+            answered
+                .iter()
+                .filter(|s| sop_of(&s.label).is_some_and(|sop| sop_of(&s.predicted) == Some(sop)))
+                .count(),
+            answered.len(),
+        ),
+        answered_uncovered: answered
+            .iter()
+            .filter(|s| sop_of(&s.label).is_none())
+            .count(),
+        reasons,
     })
 }
 
@@ -562,6 +665,7 @@ fn eval(
             set.for_intent(intent).map(|sop| sop.id())
         })
     });
+    let served = sops.and_then(|set| serve_outcome(runs, set));
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(&r)?;
@@ -573,6 +677,9 @@ fn eval(
             v["unseen_test_rows"] = serde_json::json!(unseen);
             if let Some(a) = sop_accuracy {
                 v["sop_accuracy"] = serde_json::json!(a);
+            }
+            if let Some(served) = &served {
+                v["serve_rules"] = serde_json::to_value(served)?;
             }
             match runs {
                 [run] => {
@@ -664,6 +771,24 @@ fn eval(
                     "out-of-scope      {} rows, recall {:.4}, precision {:.4}, AUROC {:.4}",
                     oos.examples, oos.recall, oos.precision, oos.auroc
                 );
+            }
+            if let Some(served) = &served {
+                println!(
+                    "serve's rules     answered {:.4} of test traffic at accuracy {:.4} (SOP accuracy {:.4}); {} of them about intents no SOP covers",
+                    served.answered,
+                    served.accuracy,
+                    served.sop_accuracy,
+                    served.answered_uncovered
+                );
+                let mut reasons: Vec<(&String, &usize)> = served.reasons.iter().collect();
+                reasons.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                if !reasons.is_empty() {
+                    let listed: Vec<String> = reasons
+                        .iter()
+                        .map(|(name, n)| format!("{name} {n}"))
+                        .collect();
+                    println!("review because    {}", listed.join(", "));
+                }
             }
             println!("latency           p50 {p50:.1}µs  p99 {p99:.1}µs");
             if !r.confused.is_empty() {

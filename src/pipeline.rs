@@ -219,6 +219,45 @@ fn forced_flags(flags: &[Flag], global: &[String], sop: &[String]) -> Vec<Reason
         .collect()
 }
 
+/// The screen `serve` runs: the configuration's topic lists and every SOP
+/// version's own.
+pub fn screen_for(config: &Config, sops: &SopSet) -> Result<Screen, TopicError> {
+    let mut screen = Screen::from_config(&config.screen)?;
+    for sop in &sops.versions {
+        if let Some(own) = &sop.file.screen {
+            screen.add_sop_topics(&sop.reference(), &own.topics)?;
+        }
+    }
+    Ok(screen)
+}
+
+/// The reasons `serve`'s rules give for reviewing a new message, from its
+/// ranked intents alone (`sopr eval --sops`): no conversation history, no
+/// LLM second opinion, deployment-wide topic lists (no tenant's), and a
+/// template that renders. An empty list means it would be answered.
+pub fn reasons_for(
+    text: &str,
+    ranked: &crate::routing::Ranked,
+    sops: &SopSet,
+    screen: &Screen,
+    auto_threshold: Option<f64>,
+    config: &Config,
+) -> Vec<Reason> {
+    let (intent, confidence) = ranked.first().cloned().unwrap_or_default();
+    let sop = sops.for_intent(&intent);
+    let mut flags = screen.screen(text);
+    if let Some(sop) = sop {
+        screen.screen_for_sop(&sop.reference(), text, &mut flags);
+    }
+    let signal = RouteSignal {
+        confidence,
+        margin: confidence - ranked.get(1).map_or(0.0, |r| r.1),
+        auto_threshold,
+        confirmed: false,
+    };
+    decide(sop.map(|s| s.as_ref()), signal, &flags, true, config)
+}
+
 pub struct Pipeline {
     store: Arc<dyn Store>,
     sops: Arc<SopSet>,
@@ -234,7 +273,7 @@ pub struct Pipeline {
 /// The threshold `routing.target_accuracy` asks for, from the model's calibration.
 /// When no threshold on the held-out data reaches the target, nothing is
 /// answered automatically (threshold above 1) rather than silently less accurate.
-fn auto_threshold(classifier: &Classifier, config: &Config) -> Option<f64> {
+pub fn auto_threshold(classifier: &Classifier, config: &Config) -> Option<f64> {
     let target = config.routing.target_accuracy?;
     match classifier.calibration() {
         Some(c) => match c.threshold {
@@ -266,12 +305,7 @@ impl Pipeline {
         llm: Option<Arc<Llm>>,
         notifier: Arc<crate::notify::Notifier>,
     ) -> Result<Pipeline, BuildError> {
-        let mut screen = Screen::from_config(&config.screen)?;
-        for sop in &sops.versions {
-            if let Some(own) = &sop.file.screen {
-                screen.add_sop_topics(&sop.reference(), &own.topics)?;
-            }
-        }
+        let screen = screen_for(&config, &sops)?;
         let auto_threshold = auto_threshold(&classifier, &config);
         let llm = llm
             .map(|llm| LlmAgent::new(llm, &sops))

@@ -472,6 +472,58 @@ fn eval_counts_routing_to_oos_as_review() {
 }
 
 #[test]
+fn eval_with_sops_applies_serves_review_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let sops = concat!(env!("CARGO_MANIFEST_DIR"), "/sops");
+    let test = dir.path().join("test.csv");
+    std::fs::write(
+        &test,
+        "text,intent\n\
+         my card still has not arrived,card_arrival\n\
+         my card 4111 1111 1111 1111 has not arrived yet,card_arrival\n\
+         I want to close my account,close_account\n\
+         what will the weather be like in paris tomorrow,small_talk\n",
+    )
+    .unwrap();
+    let test = test.to_str().unwrap();
+    let (ok, out, err) = eval(&["--sops", sops, "--test", test, "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let served = &v["serve_rules"];
+    // Only the plain card question is answered: the card number is PII, the
+    // close-account SOP always goes to a person, and the weather has no SOP.
+    assert_eq!(served["answered"], 0.25, "{v}");
+    assert_eq!(served["accuracy"], 1.0, "{v}");
+    assert_eq!(served["answered_uncovered"], 0, "{v}");
+    assert_eq!(served["reasons"]["flag:pii.card_number"], 1, "{v}");
+    assert_eq!(served["reasons"]["always_review"], 1, "{v}");
+
+    // Labelled traffic beside the SOP examples (as routing.training_data):
+    // the intent no SOP answers is learnt, and routed there it is no_route.
+    let train = dir.path().join("train.csv");
+    let mut rows = String::from("text,intent\n");
+    for topic in ["weather", "football", "recipe", "holiday", "film"] {
+        for ask in [
+            "what about the",
+            "tell me about the",
+            "how is the",
+            "any news on the",
+        ] {
+            rows += &format!("{ask} {topic} today,small_talk\n");
+        }
+    }
+    std::fs::write(&train, rows).unwrap();
+    let train = train.to_str().unwrap();
+    let (ok, out, err) = eval(&["--sops", sops, "--train", train, "--test", test]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\nserve's rules     answered 0.2500 of test traffic at accuracy 1.0000")
+            && out.contains("no_route 1"),
+        "{out}"
+    );
+}
+
+#[test]
 fn eval_says_what_too_little_data_leaves_unmeasured() {
     let dir = tempfile::tempdir().unwrap();
     let tiny = dir.path().join("tiny.csv");
