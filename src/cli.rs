@@ -612,6 +612,7 @@ fn serve_outcome(runs: &[EvalRun], sops: &crate::sop::SopSet) -> Option<ServeOut
     let mut reasons = std::collections::BTreeMap::new();
     for (_, row) in &rows {
         let mut names: Vec<String> = row.iter().map(ToString::to_string).collect();
+        names.sort_unstable();
         names.dedup();
         for name in names {
             *reasons.entry(name).or_insert(0) += 1;
