@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::agent::{ConversationView, CustomerView, DraftContext, HistoryItem, MessageView};
 use crate::config::ReviewConfig;
+use crate::routing::eval::OUT_OF_SCOPE;
 use crate::sop::SopSet;
 use crate::store::{
     Claim, InfoRequest, NewFeedback, NewMessage, NewReviewEvent, Reroute, Resolution, ReviewItem,
@@ -183,7 +184,8 @@ impl ReviewService {
     }
 
     /// Resolves an item the reviewer holds. `intent` corrects (or confirms) the
-    /// router's label for the feedback store; `expected_version` guards against
+    /// router's label for the feedback store (`oos`: no SOP covers the
+    /// message); `expected_version` guards against
     /// resolving an item that changed since the reviewer loaded it.
     pub async fn resolve(
         &self,
@@ -195,12 +197,17 @@ impl ReviewService {
         expected_version: Option<i64>,
     ) -> Result<ReviewItem, ReviewError> {
         let reviewer = validate_reviewer(reviewer)?;
+        // `oos` labels a message no SOP covers: the router learns to send
+        // such messages to review instead of to the nearest SOP.
         if let Some(intent) = &intent
+            && intent != OUT_OF_SCOPE
             && self.sops.for_intent(intent).is_none()
         {
             return Err(ReviewError::Invalid {
                 field: "intent",
-                message: format!("`{intent}` is not an intent of any active SOP"),
+                message: format!(
+                    "`{intent}` is not an intent of any active SOP (`{OUT_OF_SCOPE}` labels a message no SOP covers)"
+                ),
             });
         }
         let item = self

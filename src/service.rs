@@ -232,11 +232,13 @@ pub async fn training_set(
             .await
             .context("cannot read reviewer feedback for training")?;
         let before = examples.len();
-        examples.extend(
-            feedback.into_iter().filter(|(intent, text)| {
-                !text.trim().is_empty() && sops.for_intent(intent).is_some()
-            }),
-        );
+        // Messages reviewers labelled `oos` teach the router the traffic no
+        // SOP covers, which it then sends to review (no_route).
+        examples.extend(feedback.into_iter().filter(|(intent, text)| {
+            !text.trim().is_empty()
+                && (sops.for_intent(intent).is_some()
+                    || intent == crate::routing::eval::OUT_OF_SCOPE)
+        }));
         tracing::info!(
             examples = examples.len() - before,
             "training on reviewer feedback too"

@@ -170,6 +170,12 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
     // With the token the same post works.
     let claimed = c.act(&format!("/console/items/{id}/claim"), &[]).await;
     assert_eq!(claimed.status(), 303);
+    // The holder may label the message as one no SOP covers, for training.
+    let page = c.page(&format!("/console/items/{id}")).await;
+    assert!(
+        page.contains("<option value=\"oos\">none of these"),
+        "{page}"
+    );
 }
 
 #[tokio::test]

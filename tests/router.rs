@@ -188,6 +188,38 @@ async fn intents_too_close_to_call_go_to_review() {
     );
 }
 
+/// Queues `text` (it asks for a human), claims it as alice and resolves it
+/// with an edited reply labelled with each of `intents` in turn; returns
+/// the resolve responses.
+async fn review_with_label(
+    app: &support::TestApp,
+    customer: &str,
+    text: &str,
+    intents: &[&str],
+) -> Vec<reqwest::Response> {
+    let case = app.message(customer, text).await;
+    assert_eq!(case["outcome"], "queued", "{case}");
+    let id = case["review_id"].as_str().unwrap();
+    let claim = app
+        .post(
+            &format!("/v1/reviews/{id}/claim"),
+            &serde_json::json!({ "reviewer": "alice" }),
+        )
+        .await;
+    assert_eq!(claim.status(), 200);
+    let mut responses = Vec::new();
+    for intent in intents {
+        responses.push(
+            app.post(
+                &format!("/v1/reviews/{id}/resolve"),
+                &serde_json::json!({ "reviewer": "alice", "action": "edit", "reply": "Done.", "intent": intent }),
+            )
+            .await,
+        );
+    }
+    responses
+}
+
 #[tokio::test]
 async fn reviewer_decisions_train_the_router_when_enabled() {
     for db in support::databases().await {
@@ -195,23 +227,8 @@ async fn reviewer_decisions_train_the_router_when_enabled() {
         let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
         let intent = sops.active().next().unwrap().file.intents[0].clone();
         let text = "I want a human: the thing with my account from yesterday";
-        let case = app.message("cust-1", text).await;
-        assert_eq!(case["outcome"], "queued", "{case}");
-        let id = case["review_id"].as_str().unwrap();
-        let claim = app
-            .post(
-                &format!("/v1/reviews/{id}/claim"),
-                &serde_json::json!({ "reviewer": "alice" }),
-            )
-            .await;
-        assert_eq!(claim.status(), 200);
-        let resolved = app
-            .post(
-                &format!("/v1/reviews/{id}/resolve"),
-                &serde_json::json!({ "reviewer": "alice", "action": "edit", "reply": "Done.", "intent": intent }),
-            )
-            .await;
-        assert_eq!(resolved.status(), 200);
+        let resolved = review_with_label(&app, "cust-1", text, &[&intent]).await;
+        assert_eq!(resolved[0].status(), 200);
 
         let mut config = (*app.config).clone();
         let examples = sopr::service::training_set(app.store.as_ref(), &config, &sops, &[])
@@ -222,6 +239,31 @@ async fn reviewer_decisions_train_the_router_when_enabled() {
             Some(&(intent.clone(), text.to_string())),
             "the reviewer's label is a training example"
         );
+
+        // A message no SOP covers, labelled `oos`: the router learns it as
+        // off-topic traffic. An intent no active SOP has is refused.
+        let off_topic = "I want a human: do you sell travel insurance for my dog";
+        let mut resolved =
+            review_with_label(&app, "cust-2", off_topic, &["pet_insurance", "oos"]).await;
+        let accepted = resolved.pop().unwrap();
+        let refused = resolved.pop().unwrap();
+        assert_eq!(refused.status(), 422);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert!(
+            body.to_string()
+                .contains("`oos` labels a message no SOP covers"),
+            "{body}"
+        );
+        assert_eq!(accepted.status(), 200);
+        let examples = sopr::service::training_set(app.store.as_ref(), &config, &sops, &[])
+            .await
+            .unwrap();
+        assert!(
+            examples.contains(&("oos".to_string(), off_topic.to_string()))
+                && examples.contains(&(intent.clone(), text.to_string())),
+            "both reviewer labels are training examples"
+        );
+
         let with_feedback = sopr::service::build(config.clone()).await.unwrap();
         config.routing.learn_from_feedback = false;
         let without = sopr::service::build(config).await.unwrap();
