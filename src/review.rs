@@ -237,11 +237,20 @@ impl ReviewService {
                 (None, json!({ "reason": reason }))
             }
         };
-        // Approving or editing confirms the routed intent unless the reviewer corrects it.
+        // Approving the routed SOP's draft confirms the routed intent, and so
+        // does editing it, unless the router was unsure of the route: a
+        // reviewer who rewrites the reply to a message the router could not
+        // place says nothing about the route, and taking it as confirmed
+        // would teach the router its own guess. Naming an intent always counts.
         let label_intent = match (&intent, &action) {
             (Some(i), _) => Some(i.clone()),
             (None, Action::Reject { .. }) => None,
             (None, _) => match self.store.decision(tenant_id, item.decision_id).await? {
+                Some(decision)
+                    if matches!(action, Action::Edit { .. }) && route_was_unsure(&decision) =>
+                {
+                    None
+                }
                 Some(decision) => decision.intent,
                 None => None,
             },
@@ -288,6 +297,24 @@ impl ReviewService {
         };
         Ok(self.store.resolve_review(tenant_id, &resolution).await?)
     }
+}
+
+/// The decision sent the message to review because of its route: too
+/// unsure, too close to call, or no SOP for it.
+fn route_was_unsure(decision: &crate::store::Decision) -> bool {
+    use crate::pipeline::Reason;
+    let unsure = [
+        Reason::LowConfidence,
+        Reason::AmbiguousRoute,
+        Reason::NoRoute,
+    ]
+    .map(|reason| reason.to_string());
+    decision.reasons.0.as_array().is_some_and(|reasons| {
+        reasons
+            .iter()
+            .filter_map(|r| r.as_str())
+            .any(|r| unsure.iter().any(|u| u == r))
+    })
 }
 
 impl ReviewService {

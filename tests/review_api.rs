@@ -604,3 +604,74 @@ async fn an_item_can_be_assigned_to_a_named_reviewer() {
     )
     .await;
 }
+
+/// An edit without an intent confirms the route only when the router was
+/// sure of it: rewriting the reply to a message it could not place must not
+/// teach the router its own guess.
+#[tokio::test]
+async fn an_edit_confirms_the_route_only_when_the_router_was_sure() {
+    let app = spawn_app().await;
+    let label_after_edit = |text: &'static str, customer: &'static str| {
+        let app = &app;
+        async move {
+            let case = app.message(customer, text).await;
+            assert_eq!(case["outcome"], "queued", "{case}");
+            let id = case["review_id"].as_str().unwrap();
+            let decision = app
+                .store
+                .decision(
+                    app.tenant.id,
+                    uuid::Uuid::parse_str(case["decision_id"].as_str().unwrap()).unwrap(),
+                )
+                .await
+                .unwrap()
+                .unwrap();
+            let claimed = app
+                .post(
+                    &format!("/v1/reviews/{id}/claim"),
+                    &json!({ "reviewer": "alice" }),
+                )
+                .await;
+            assert_eq!(claimed.status(), 200);
+            let resolved = app
+                .post(
+                    &format!("/v1/reviews/{id}/resolve"),
+                    &json!({ "reviewer": "alice", "action": "edit", "reply": "Let me look into it." }),
+                )
+                .await;
+            assert_eq!(resolved.status(), 200);
+            let feedback = app
+                .store
+                .review_feedback(app.tenant.id, uuid::Uuid::parse_str(id).unwrap())
+                .await
+                .unwrap();
+            (decision, feedback[0].label_intent.clone())
+        }
+    };
+
+    // Sure of the route, reviewed for another reason (a request for a human).
+    let (decision, label) = label_after_edit(
+        "I want to speak to a human, my card still has not arrived",
+        "c-1",
+    )
+    .await;
+    let reasons = decision.reasons.0.to_string();
+    assert!(
+        reasons.contains("human_requested") && !reasons.contains("low_confidence"),
+        "{reasons}"
+    );
+    assert_eq!(
+        label, decision.intent,
+        "the edit confirms the routed intent"
+    );
+    assert!(label.is_some());
+
+    // Unsure of the route: the edit leaves the message unlabelled.
+    let (decision, label) = label_after_edit("hello? anyone there", "c-2").await;
+    let reasons = decision.reasons.0.to_string();
+    assert!(
+        reasons.contains("low_confidence") || reasons.contains("ambiguous_route"),
+        "{reasons}"
+    );
+    assert_eq!(label, None, "routed to {:?}", decision.intent);
+}
