@@ -301,7 +301,7 @@ impl ReviewService {
 
 /// The decision sent the message to review because of its route: too
 /// unsure, too close to call, or no SOP for it.
-fn route_was_unsure(decision: &crate::store::Decision) -> bool {
+pub(crate) fn route_was_unsure(decision: &crate::store::Decision) -> bool {
     use crate::pipeline::Reason;
     let unsure = [
         Reason::LowConfidence,

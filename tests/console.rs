@@ -176,6 +176,27 @@ async fn posts_without_the_csrf_token_are_refused_and_change_nothing() {
         page.contains("<option value=\"oos\">none of these"),
         "{page}"
     );
+    // The router could not place this message (low confidence), so the page
+    // says that a sent reply labels nothing unless the reviewer picks an
+    // intent ...
+    assert!(page.contains("<option value=\"\">not labelled"), "{page}");
+    assert!(!page.contains("as routed"), "{page}");
+    // ... while for a route it was sure of (here for the request for a
+    // human), sending a reply confirms the routed intent.
+    let sure = queue_case(
+        &app,
+        "cust-2",
+        "I want to speak to a human, my card still has not arrived",
+    )
+    .await;
+    let sure_id = review_id(&sure);
+    let claimed = c.act(&format!("/console/items/{sure_id}/claim"), &[]).await;
+    assert_eq!(claimed.status(), 303);
+    let page = c.page(&format!("/console/items/{sure_id}")).await;
+    assert!(
+        page.contains("<option value=\"\">as routed (card_arrival)"),
+        "{page}"
+    );
 }
 
 #[tokio::test]

@@ -540,6 +540,7 @@ async fn item_page(
                 "confidence": format!("{:.1}", d.confidence * 100.0),
                 "model_version": d.model_version,
                 "route": d.llm.as_ref().and_then(|l| l.0.get("route").cloned()),
+                "route_unsure": crate::review::route_was_unsure(d),
             })
         }),
     );
