@@ -87,7 +87,8 @@ pub enum Command {
     /// or --sops DIR to train on (or with --folds, cross-validate) a SOP folder's examples, with
     /// --train FILE beside them as `routing.training_data`. With --sops every test message also
     /// goes through serve's review rules as configured (SOP thresholds and policies, margin,
-    /// flags): the share answered, its accuracy, and why the rest would go to review. Test rows
+    /// flags, a tenant's topic lists with --tenant): the share answered, its accuracy, and why
+    /// the rest would go to review. Test rows
     /// whose intent the training data lacks count as `oos`; --unknown-intents makes a share of
     /// the intents unknown on purpose.
     Eval {
@@ -105,6 +106,10 @@ pub enum Command {
         /// well they tell their intents apart
         #[arg(long, value_name = "DIR", conflicts_with = "data")]
         sops: Option<PathBuf>,
+        /// With --sops, screen the test messages as this tenant's: its own topic lists
+        /// (`[screen.tenants.<name>]`) on top of the deployment's
+        #[arg(long, value_name = "NAME", requires = "sops")]
+        tenant: Option<String>,
         /// Test CSV
         #[arg(
             long,
@@ -254,6 +259,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval {
             train,
             sops,
+            tenant,
             test,
             data,
             holdout,
@@ -301,6 +307,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(unknown)
             };
+            if let Some(name) = &tenant {
+                let known = &config.screen.tenants;
+                anyhow::ensure!(
+                    known.contains_key(name),
+                    "--tenant {name}: the config has no [screen.tenants.{name}] topic lists{}",
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " (it has: {})",
+                            known.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    }
+                );
+            }
             let sop_set = match &sops {
                 Some(dir) => Some(crate::sop::SopSet::load(dir)?.0),
                 None => None,
@@ -312,6 +333,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     screen: crate::pipeline::screen_for(&config, set)?,
                     sops: set,
                     config: &config,
+                    tenant: tenant.as_deref(),
                 }),
                 None => None,
             };
@@ -509,6 +531,8 @@ struct ServeRules<'a> {
     sops: &'a crate::sop::SopSet,
     screen: crate::routing::Screen,
     config: &'a Config,
+    /// Whose topic lists screen the messages besides the deployment's.
+    tenant: Option<&'a str>,
 }
 
 fn eval_run(
@@ -552,6 +576,7 @@ fn eval_run(
                 &ranked,
                 r.sops,
                 &r.screen,
+                r.tenant,
                 auto_threshold,
                 r.config,
             ));

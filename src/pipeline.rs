@@ -233,19 +233,24 @@ pub fn screen_for(config: &Config, sops: &SopSet) -> Result<Screen, TopicError> 
 
 /// The reasons `serve`'s rules give for reviewing a new message, from its
 /// ranked intents alone (`sopr eval --sops`): no conversation history, no
-/// LLM second opinion, deployment-wide topic lists (no tenant's), and a
-/// template that renders. An empty list means it would be answered.
+/// LLM second opinion, the deployment's topic lists plus `tenant`'s when
+/// given, and a template that renders. An empty list means it would be
+/// answered.
 pub fn reasons_for(
     text: &str,
     ranked: &crate::routing::Ranked,
     sops: &SopSet,
     screen: &Screen,
+    tenant: Option<&str>,
     auto_threshold: Option<f64>,
     config: &Config,
 ) -> Vec<Reason> {
     let (intent, confidence) = ranked.first().cloned().unwrap_or_default();
     let sop = sops.for_intent(&intent);
-    let mut flags = screen.screen(text);
+    let mut flags = match tenant {
+        Some(tenant) => screen.screen_for_tenant(tenant, text),
+        None => screen.screen(text),
+    };
     if let Some(sop) = sop {
         screen.screen_for_sop(&sop.reference(), text, &mut flags);
     }

@@ -498,6 +498,40 @@ fn eval_with_sops_applies_serves_review_rules() {
     assert_eq!(served["reasons"]["flag:pii.card_number"], 1, "{v}");
     assert_eq!(served["reasons"]["always_review"], 1, "{v}");
 
+    // As a tenant whose own fraud list catches the plain card question, that
+    // one goes to review too; the deployment's lists alone do not catch it.
+    let config = dir.path().join("sopr.toml");
+    std::fs::write(
+        &config,
+        "[screen.tenants.acme.topics]\nfraud = [\"still has not arrived\"]\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let as_tenant = |tenant: &str| {
+        let (ok, out, err) = eval(&[
+            "--config", config, "--sops", sops, "--test", test, "--tenant", tenant, "--format",
+            "json",
+        ]);
+        (ok, out, err)
+    };
+    let (ok, out, err) = as_tenant("acme");
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["serve_rules"]["answered"], 0.0, "{v}");
+    assert_eq!(v["serve_rules"]["reasons"]["flag:topic.fraud"], 1, "{v}");
+    let (ok, _, err) = as_tenant("acme-typo");
+    assert!(
+        !ok,
+        "an unknown tenant is an error, not the deployment's lists"
+    );
+    assert!(
+        err.contains("--tenant acme-typo: the config has no [screen.tenants.acme-typo] topic lists (it has: acme)"),
+        "{err}"
+    );
+    let (ok, out, err) = eval(&["--config", config, "--sops", sops, "--test", test]);
+    assert!(ok, "{err}");
+    assert!(out.contains("answered 0.2500"), "{out}");
+
     // Labelled traffic beside the SOP examples (as routing.training_data):
     // the intent no SOP answers is learnt, and routed there it is no_route.
     let train = dir.path().join("train.csv");
