@@ -83,10 +83,15 @@ fn small_data_confidence_stays_close_to_accuracy() {
     // About 8 examples per intent to train on, the rest (9,400 rows) to test.
     let (test, train) = stratified_split(&all, 0.06, 3);
     assert!(train.len() < 1_000 && test.len() > 9_000, "{}", train.len());
-    let model = Classifier::train(&train, &TrainOptions::default()).unwrap();
+    let options = TrainOptions {
+        target_accuracy: Some(0.98),
+        ..TrainOptions::default()
+    };
+    let model = Classifier::train(&train, &options).unwrap();
     let calibration = model
         .calibration()
         .expect("calibrated on cross-fitted scores");
+    let threshold = calibration.threshold.expect("a threshold for 0.98");
     let index = |label: &str| model.labels().iter().position(|l| l == label);
     let (mut rescaled, mut temperature_only) = (Vec::new(), Vec::new());
     for (label, text) in &test {
@@ -100,10 +105,24 @@ fn small_data_confidence_stays_close_to_accuracy() {
         rescaled.push((ranked[0].1, correct));
         temperature_only.push((f64::from(probs[best]), correct));
     }
+    // The threshold chosen for 0.98 on cross-fitted scores of 604 examples
+    // keeps its promise on the 9,400 messages the model never saw. Measured:
+    // 0.9850 of 20.5% answered; chosen by the held-out share correct alone,
+    // 0.9624 of 32.0%.
+    let answered: Vec<bool> = rescaled
+        .iter()
+        .filter(|(confidence, _)| *confidence >= threshold)
+        .map(|(_, correct)| *correct)
+        .collect();
+    let auto_accuracy = answered.iter().filter(|c| **c).count() as f64 / answered.len() as f64;
+    let auto_coverage = answered.len() as f64 / test.len() as f64;
     let (after, before) = (ece(rescaled.into_iter()), ece(temperature_only.into_iter()));
     eprintln!(
-        "test ECE {before:.4} with the temperature alone, {after:.4} rescaled; {calibration:?}"
+        "test ECE {before:.4} with the temperature alone, {after:.4} rescaled; \
+         answered {auto_coverage:.4} at {auto_accuracy:.4}; {calibration:?}"
     );
+    assert!(auto_accuracy >= 0.97, "{auto_accuracy}");
+    assert!(auto_coverage >= 0.1, "{auto_coverage}");
     // Measured: 0.0220 with the temperature alone, 0.0092 rescaled.
     assert!(after <= 0.02, "ECE {after}");
     assert!(

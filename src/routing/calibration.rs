@@ -201,16 +201,29 @@ pub fn fit_top_label(pairs: &[(f64, bool)]) -> TopLabel {
 
 /// The lowest confidence threshold at which answered items (confidence at or
 /// above it) are at least `target` accurate, with the coverage it gives.
+///
+/// Two estimates of their accuracy must both reach the target: the share of
+/// them that is correct, and their mean (calibrated) confidence. The share
+/// alone, taken at the lowest of hundreds of cuts, lands on a lucky one when
+/// the items are few: on 18 Banking77 samples of 8–30 examples per intent
+/// the threshold it chose for 0.99 answered new messages at 0.961–0.996
+/// (mean 0.983). The confidences come from a two-parameter fit over every
+/// item, so they do not share that luck, and the share guards against their
+/// error in the tail. Both, with cross-fitting below 5,000 examples
+/// (`classifier::calibrate`): 0.983–0.995 (mean 0.989), answering 27.3% of
+/// the messages instead of 30.9%.
 pub fn threshold_for_accuracy(pairs: &[(f64, bool)], target: f64) -> Option<(f64, f64)> {
     let mut sorted: Vec<(f64, bool)> = pairs.to_vec();
     sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut correct = 0usize;
+    let (mut correct, mut confidence) = (0usize, 0.0);
     let mut best: Option<usize> = None;
-    for (k, (_, ok)) in sorted.iter().enumerate() {
+    for (k, (p, ok)) in sorted.iter().enumerate() {
         correct += usize::from(*ok);
+        confidence += p;
+        let n = (k + 1) as f64;
         // Only cut between distinct confidences, so the threshold means what it says.
         let boundary = sorted.get(k + 1).is_none_or(|next| next.0 < sorted[k].0);
-        if boundary && correct as f64 / (k + 1) as f64 >= target {
+        if boundary && correct as f64 / n >= target && confidence / n >= target {
             best = Some(k);
         }
     }
@@ -305,8 +318,20 @@ mod tests {
             (0.7, true),
             (0.6, false),
         ];
-        assert_eq!(threshold_for_accuracy(&pairs, 0.99), Some((0.9, 0.5)));
+        // Every item down to 0.9 is right, but their mean confidence (0.947)
+        // says a new item at 0.9 is right only 90% of the time: for 0.99 only
+        // the most confident one is answered.
+        assert_eq!(
+            threshold_for_accuracy(&pairs, 0.99),
+            Some((0.99, 1.0 / 6.0))
+        );
+        assert_eq!(threshold_for_accuracy(&pairs, 0.94), Some((0.9, 0.5)));
+        // Down to 0.7 both the share (4 of 5) and the mean confidence (0.868)
+        // reach 0.75; down to 0.6 neither does.
         assert_eq!(threshold_for_accuracy(&pairs, 0.75), Some((0.7, 5.0 / 6.0)));
         assert_eq!(threshold_for_accuracy(&[(0.5, false)], 0.9), None);
+        // Confident items that are wrong: the share decides.
+        let unlucky = [(0.99, true), (0.98, false), (0.97, true), (0.96, true)];
+        assert_eq!(threshold_for_accuracy(&unlucky, 0.9), Some((0.99, 0.25)));
     }
 }

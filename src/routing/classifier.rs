@@ -77,7 +77,7 @@ impl Default for TrainOptions {
             l2: 1e-5,
             average_from: 2,
             calibration_fraction: 0.15,
-            cross_fit_below: 2_000,
+            cross_fit_below: 5_000,
             calibration_folds: 5,
             target_accuracy: None,
             svm_weight: 5.0,
@@ -1125,7 +1125,7 @@ pub type Progress<'a> = dyn Fn(&str, usize, usize) + Sync + 'a;
 
 /// Bumped whenever features or the model change, so stored models of an older
 /// kind are never reused.
-const MODEL_KIND: &str = "lr9";
+const MODEL_KIND: &str = "lr10";
 
 fn version_of(examples: &[(String, String)], options: &TrainOptions) -> String {
     let mut hasher = Sha256::new();
@@ -1335,9 +1335,14 @@ fn cross_fitted_scores(
 /// model did not see. Large data sets hold out `calibration_fraction` per
 /// intent and score it with a model trained on the rest. Below
 /// `cross_fit_below` examples that share would be too small to trust (15% of
-/// ten examples per intent is one or two), so every example is scored by a
-/// model trained on the other `calibration_folds − 1` folds: a few more small
-/// fits for a temperature and threshold fitted on all the data.
+/// ten examples per intent is one or two, and under 5,000 examples it is
+/// under 750, too few to place a threshold for 99% accuracy), so every
+/// example is scored by a model trained on the other `calibration_folds − 1`
+/// folds: a few more fits for a temperature and threshold fitted on all the
+/// data. On Banking77 samples of 30 examples per intent (2,310), a 0.99
+/// target answered new messages at 0.962–0.996 with one held-out share and
+/// at 0.986–0.994 cross-fitted; training 3,826 examples takes 6.2 s instead
+/// of 1.9 s.
 fn calibrate(
     examples: &[(String, String)],
     options: &TrainOptions,
