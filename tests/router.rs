@@ -64,9 +64,10 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
         "coverage at 99%: {:?}",
         r.coverage_at_accuracy
     );
-    // The threshold chosen on held-out data keeps its promise on unseen data (within noise).
+    // The threshold chosen on held-out data keeps its promise on unseen data
+    // within noise (0.985 measured).
     assert!(
-        r.auto_accuracy >= 0.975,
+        r.auto_accuracy >= 0.98,
         "auto-answered accuracy {}",
         r.auto_accuracy
     );

@@ -209,7 +209,7 @@ pub fn fit_top_label(pairs: &[(f64, bool)]) -> TopLabel {
 /// the threshold it chose for 0.99 answered new messages at 0.961–0.996
 /// (mean 0.983). The confidences come from a two-parameter fit over every
 /// item, so they do not share that luck, and the share guards against their
-/// error in the tail. Both, with cross-fitting below 5,000 examples
+/// error in the tail. Both, with cross-fitting below 3,500 examples
 /// (`classifier::calibrate`): 0.983–0.995 (mean 0.989), answering 27.3% of
 /// the messages instead of 30.9%.
 pub fn threshold_for_accuracy(pairs: &[(f64, bool)], target: f64) -> Option<(f64, f64)> {
