@@ -88,9 +88,8 @@ pub enum Command {
     /// --train FILE beside them as `routing.training_data`. With --sops every test message also
     /// goes through serve's review rules as configured (SOP thresholds and policies, margin,
     /// flags, a tenant's topic lists with --tenant): the share answered, its accuracy, and why
-    /// the rest would go to review. Test rows
-    /// whose intent the training data lacks count as `oos`; --unknown-intents makes a share of
-    /// the intents unknown on purpose.
+    /// the rest would go to review. Test rows whose intent the training data lacks count as
+    /// `oos`; --unknown-intents makes a share of the intents unknown on purpose.
     Eval {
         /// Training CSV (with --sops, trained on beside the SOP examples, as
         /// `routing.training_data` is in `serve`)

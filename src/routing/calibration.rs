@@ -319,15 +319,14 @@ mod tests {
             (0.6, false),
         ];
         // Every item down to 0.9 is right, but their mean confidence (0.947)
-        // says a new item at 0.9 is right only 90% of the time: for 0.99 only
-        // the most confident one is answered.
+        // is below 0.99: for 0.99 only the most confident one is answered.
         assert_eq!(
             threshold_for_accuracy(&pairs, 0.99),
             Some((0.99, 1.0 / 6.0))
         );
         assert_eq!(threshold_for_accuracy(&pairs, 0.94), Some((0.9, 0.5)));
         // Down to 0.7 both the share (4 of 5) and the mean confidence (0.868)
-        // reach 0.75; down to 0.6 neither does.
+        // reach 0.75; down to 0.6 the share (4 of 6) does not.
         assert_eq!(threshold_for_accuracy(&pairs, 0.75), Some((0.7, 5.0 / 6.0)));
         assert_eq!(threshold_for_accuracy(&[(0.5, false)], 0.9), None);
         // Confident items that are wrong: the share decides.
