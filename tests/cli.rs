@@ -508,11 +508,10 @@ fn eval_with_sops_applies_serves_review_rules() {
     .unwrap();
     let config = config.to_str().unwrap();
     let as_tenant = |tenant: &str| {
-        let (ok, out, err) = eval(&[
+        eval(&[
             "--config", config, "--sops", sops, "--test", test, "--tenant", tenant, "--format",
             "json",
-        ]);
-        (ok, out, err)
+        ])
     };
     let (ok, out, err) = as_tenant("acme");
     assert!(ok, "{err}");
