@@ -422,8 +422,9 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     tracing::info!(listen = %listener.local_addr()?, database = service.state.store.backend().as_str(), "sopr listening");
     // Rows left undelivered at shutdown stay in the outbox for the next start.
     let dispatcher = service.dispatcher.map(|d| tokio::spawn(d.run()));
+    let retrainer = service.retrainer.map(|r| tokio::spawn(r.run()));
     crate::http::serve(listener, service.state, shutdown_signal()).await?;
-    if let Some(task) = dispatcher {
+    for task in [dispatcher, retrainer].into_iter().flatten() {
         task.abort();
     }
     tracing::info!("sopr stopped");
@@ -903,7 +904,7 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
     };
     let started = std::time::Instant::now();
     let (model, trained) =
-        crate::service::load_or_train_router(store.as_ref(), &config, &examples, &progress).await?;
+        crate::retrain::load_or_train_router(&store, &config, &examples, &progress).await?;
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }

@@ -90,6 +90,10 @@ pub struct RoutingConfig {
     /// feedback has changed.
     pub learn_from_feedback: bool,
     pub feedback_max_examples: u32,
+    /// While `serve` runs, how often to check whether the training data
+    /// (feedback, the `training_data` files) asks for a new model, and if so
+    /// load or train it and route with it; 0 checks only at start.
+    pub retrain_every_minutes: u32,
     /// Hidden units of the small neural network whose scores the router adds
     /// to its linear model's; 0 routes with the linear model alone. 128 units
     /// were 0.2 points more accurate on average over five Banking77 splits
@@ -459,6 +463,7 @@ impl Default for Config {
                 training_data: Vec::new(),
                 learn_from_feedback: false,
                 feedback_max_examples: 20_000,
+                retrain_every_minutes: 60,
                 network_hidden: 128,
             },
             escalation: EscalationConfig {
@@ -881,6 +886,12 @@ impl Config {
             return invalid(
                 "routing.network_hidden",
                 format!("must be at most {MAX_NETWORK_HIDDEN}"),
+            );
+        }
+        if self.routing.retrain_every_minutes > 43_200 {
+            return invalid(
+                "routing.retrain_every_minutes",
+                "must be at most 43200 (30 days); 0 retrains only at start".into(),
             );
         }
         if !(0.0..1.0).contains(&self.routing.min_margin) {

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod llm;
 pub mod notify;
 pub mod pipeline;
+pub mod retrain;
 pub mod review;
 pub mod routing;
 pub mod service;

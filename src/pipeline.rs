@@ -4,7 +4,7 @@
 //! person. The rules are declared (SOP escalation block, config); the model only
 //! ranks intents.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use chrono::{Duration, Utc};
@@ -266,13 +266,20 @@ pub fn reasons_for(
 pub struct Pipeline {
     store: Arc<dyn Store>,
     sops: Arc<SopSet>,
-    classifier: Arc<Classifier>,
+    /// Replaced whole when the router is retrained while serving; a message
+    /// is routed and recorded with the one it read first.
+    routing: RwLock<Arc<Routing>>,
     config: Arc<Config>,
     screen: Screen,
-    auto_threshold: Option<f64>,
     /// LLM mode; `None` drafts from templates only.
     llm: Option<LlmAgent>,
     notifier: Arc<crate::notify::Notifier>,
+}
+
+/// A router model and the `routing.target_accuracy` threshold it gives.
+pub struct Routing {
+    pub classifier: Arc<Classifier>,
+    pub auto_threshold: Option<f64>,
 }
 
 /// The threshold `routing.target_accuracy` asks for, from the model's calibration.
@@ -311,7 +318,10 @@ impl Pipeline {
         notifier: Arc<crate::notify::Notifier>,
     ) -> Result<Pipeline, BuildError> {
         let screen = screen_for(&config, &sops)?;
-        let auto_threshold = auto_threshold(&classifier, &config);
+        let routing = RwLock::new(Arc::new(Routing {
+            auto_threshold: auto_threshold(&classifier, &config),
+            classifier,
+        }));
         let llm = llm
             .map(|llm| LlmAgent::new(llm, &sops))
             .transpose()
@@ -319,10 +329,9 @@ impl Pipeline {
         Ok(Pipeline {
             store,
             sops,
-            classifier,
+            routing,
             config,
             screen,
-            auto_threshold,
             llm,
             notifier,
         })
@@ -332,8 +341,26 @@ impl Pipeline {
         &self.sops
     }
 
-    pub fn classifier(&self) -> &Arc<Classifier> {
-        &self.classifier
+    /// The router model and threshold in use now.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn classifier(&self) -> Arc<Classifier> {
+        self.routing().classifier.clone()
+    }
+
+    /// Routes the following messages with `classifier` (a retrained router);
+    /// messages being handled finish with the model they started with.
+    pub fn replace_classifier(&self, classifier: Arc<Classifier>) {
+        let routing = Arc::new(Routing {
+            auto_threshold: auto_threshold(&classifier, &self.config),
+            classifier,
+        });
+        *self.routing.write().unwrap_or_else(PoisonError::into_inner) = routing;
     }
 
     /// Handles one message. Returns the outcome and whether it is a replay of an
@@ -458,7 +485,8 @@ impl Pipeline {
         let t_route = Instant::now();
         // Enough intents for the decision record (3) and the LLM's candidates.
         let keep = self.config.llm.classifier.top_k.max(3);
-        let ranked = self.classifier.classify_top(&inbound.text, keep);
+        let routing = self.routing();
+        let ranked = routing.classifier.classify_top(&inbound.text, keep);
         let route_us = t_route.elapsed().as_micros() as u64;
         let (mut intent, mut confidence) = ranked.first().cloned().unwrap_or_default();
         let mut margin = confidence - ranked.get(1).map_or(0.0, |r| r.1);
@@ -527,7 +555,7 @@ impl Pipeline {
         let signal = RouteSignal {
             confidence,
             margin,
-            auto_threshold: self.auto_threshold,
+            auto_threshold: routing.auto_threshold,
             confirmed,
         };
         let mut reasons = decide(
@@ -641,7 +669,7 @@ impl Pipeline {
             top_intents: sqlx::types::Json(Value::Array(top)),
             flags: sqlx::types::Json(serde_json::to_value(&flags).unwrap_or_default()),
             sop_ref,
-            model_version: self.classifier.version().to_string(),
+            model_version: routing.classifier.version().to_string(),
             outcome: decision_outcome.into(),
             reasons: sqlx::types::Json(json!(response.reasons)),
             draft: draft_text,

@@ -10,16 +10,17 @@ use crate::config::Config;
 use crate::http::AppState;
 use crate::pipeline::Pipeline;
 use crate::review::ReviewService;
-use crate::routing::Classifier;
-use crate::routing::classifier::TrainOptions;
 use crate::sop::{Severity, SopSet};
-use crate::store::{self, RouterModelRecord, SopVersionRecord, Store};
+use crate::store::{self, SopVersionRecord, Store};
 
 pub struct Service {
     pub state: AppState,
     /// Delivers the outbox; `None` when `notify.dispatch` is off. `serve`
     /// spawns it beside the HTTP server.
     pub dispatcher: Option<crate::notify::Dispatcher>,
+    /// Keeps the router's model current while serving; `None` when
+    /// `routing.retrain_every_minutes` is 0. `serve` spawns it too.
+    pub retrainer: Option<crate::retrain::Retrainer>,
     /// `(tenant, key)` when this start created the demo tenant; the key is shown once.
     pub bootstrap_key: Option<(String, String)>,
 }
@@ -62,7 +63,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
 
     let examples = training_set(store.as_ref(), &config, &sops, &[]).await?;
     let (classifier, _) =
-        load_or_train_router(store.as_ref(), &config, &examples, &|_, _, _| {}).await?;
+        crate::retrain::load_or_train_router(&store, &config, &examples, &|_, _, _| {}).await?;
 
     let llm = build_llm(&config, &sops)?;
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;
@@ -100,6 +101,14 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         llm,
         notifier.clone(),
     )?);
+    let retrainer = (config.routing.retrain_every_minutes > 0).then(|| {
+        crate::retrain::Retrainer::new(
+            store.clone(),
+            config.clone(),
+            sops.clone(),
+            pipeline.clone(),
+        )
+    });
     let reviews = Arc::new(ReviewService::new(
         store.clone(),
         sops,
@@ -116,6 +125,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         },
         bootstrap_key,
         dispatcher,
+        retrainer,
     })
 }
 
@@ -245,77 +255,6 @@ pub async fn training_set(
         );
     }
     Ok(examples)
-}
-
-pub fn train_options(config: &Config) -> TrainOptions {
-    TrainOptions {
-        seed: config.routing.seed,
-        target_accuracy: config.routing.target_accuracy,
-        mlp_hidden: config.routing.network_hidden,
-        ..TrainOptions::default()
-    }
-}
-
-/// How many stored router models survive pruning.
-const KEEP_ROUTER_MODELS: i64 = 5;
-
-/// Loads the stored model trained on exactly these examples and options, or
-/// trains one and stores it. Replicas starting together may each train; the
-/// first stored copy wins and all copies are identical (training is deterministic).
-pub async fn load_or_train_router(
-    store: &dyn Store,
-    config: &Config,
-    examples: &[(String, String)],
-    progress: &crate::routing::classifier::Progress<'_>,
-) -> anyhow::Result<(Classifier, bool)> {
-    let options = train_options(config);
-    let version = Classifier::version_for(examples, &options);
-    if let Some(bytes) = store.router_model(&version).await? {
-        match Classifier::from_bytes(&bytes) {
-            Ok(model) => {
-                tracing::info!(
-                    model = model.version(),
-                    "router model loaded from the database"
-                );
-                return Ok((model, false));
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "stored router model unusable; training a new one")
-            }
-        }
-    }
-    let started = std::time::Instant::now();
-    let model = Classifier::train_with_progress(examples, &options, progress)
-        .context("cannot train the router")?;
-    let metrics = serde_json::json!({
-        "calibration": model.calibration(),
-        "train_ms": started.elapsed().as_millis() as u64,
-    });
-    store
-        .save_router_model(&RouterModelRecord {
-            version: model.version().to_string(),
-            examples: examples.len() as i64,
-            labels: model.labels().len() as i64,
-            metrics,
-            model: model.to_bytes(),
-        })
-        .await?;
-    // Models are large (megabytes); keep a few recent ones so a rollback of the
-    // SOPs or data finds its model again, and drop the rest.
-    let pruned = store.prune_router_models(KEEP_ROUTER_MODELS).await?;
-    if pruned > 0 {
-        tracing::info!(pruned, "older router models deleted");
-    }
-    tracing::info!(
-        model = model.version(),
-        intents = model.labels().len(),
-        examples = examples.len(),
-        ms = started.elapsed().as_millis() as u64,
-        temperature = model.calibration().map(|c| c.temperature),
-        holdout_ece = model.calibration().map(|c| c.ece_after),
-        "router trained and stored"
-    );
-    Ok((model, true))
 }
 
 /// Records every loaded version; warns when a version's text changed in place.

@@ -294,3 +294,234 @@ async fn reviewer_decisions_train_the_router_when_enabled() {
         );
     }
 }
+
+/// The probability `model` gives `intent` for `text`.
+fn probability(model: &Classifier, text: &str, intent: &str) -> f64 {
+    model
+        .classify(text)
+        .into_iter()
+        .find(|(i, _)| i == intent)
+        .map_or(0.0, |r| r.1)
+}
+
+/// Takes the training lease of `version` as another replica ("elsewhere")
+/// would while it trains; returns the lease's name.
+async fn hold_training_lease(store: &dyn sopr::store::Store, version: &str) -> String {
+    let lease = sopr::retrain::training_lease(version);
+    let now = chrono::Utc::now();
+    let until = now + chrono::Duration::seconds(60);
+    assert!(
+        store
+            .try_lease(&lease, "elsewhere", now, until)
+            .await
+            .unwrap()
+    );
+    lease
+}
+
+#[tokio::test]
+async fn reviewer_labels_reach_the_running_router_without_a_restart() {
+    for db in support::databases().await {
+        let label = db.label();
+        let app = support::spawn_app_on(db, |c| c.routing.learn_from_feedback = true).await;
+        let retrainer = app.retrainer.as_ref().expect("retraining is on by default");
+        assert_eq!(
+            retrainer.run_once().await.unwrap(),
+            sopr::retrain::Retrained::Unchanged,
+            "{label}"
+        );
+        // A second replica on the same database.
+        let replica = sopr::service::build((*app.config).clone()).await.unwrap();
+        let replica_retrainer = replica.retrainer.as_ref().unwrap();
+        let before = current(&app).await;
+        assert_eq!(before, replica.state.pipeline.classifier().version());
+
+        // Reviewers label a wording the SOP examples do not have.
+        let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
+        let intent = sops.active().last().unwrap().file.intents[0].clone();
+        let wording = "the zorblax gadget frobnicated my plastic";
+        let old_model = replica.state.pipeline.classifier();
+        let old_probability = probability(&old_model, wording, &intent);
+        for (i, text) in [
+            "I want a human: the zorblax gadget frobnicated my plastic",
+            "I want a human: zorblax frobnicated again",
+            "I want a human, why does the zorblax gadget frobnicate",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let resolved = review_with_label(&app, &format!("z{i}"), text, &[&intent]).await;
+            assert_eq!(resolved[0].status(), 200, "{label}");
+        }
+
+        // Another replica holds the lease for the new model: this one waits.
+        let config = (*app.config).clone();
+        let examples = sopr::service::training_set(app.store.as_ref(), &config, &sops, &[])
+            .await
+            .unwrap();
+        let version = Classifier::version_for(&examples, &sopr::retrain::train_options(&config));
+        let lease = hold_training_lease(app.store.as_ref(), &version).await;
+        assert_eq!(
+            retrainer.run_once().await.unwrap(),
+            sopr::retrain::Retrained::Busy,
+            "{label}"
+        );
+        assert_eq!(current(&app).await, before, "{label}: still the old model");
+        app.store.release_lease(&lease, "elsewhere").await.unwrap();
+
+        // Free again: this replica trains, stores and switches.
+        assert_eq!(
+            retrainer.run_once().await.unwrap(),
+            sopr::retrain::Retrained::Trained(version.clone()),
+            "{label}"
+        );
+        assert_eq!(current(&app).await, version, "{label}");
+        assert!(app.store.router_model(&version).await.unwrap().is_some());
+        // The next message is routed, and recorded, with the new model.
+        let out = app.message("z9", "my card has not arrived").await;
+        let decision = app
+            .store
+            .decision(
+                app.tenant.id,
+                out["decision_id"].as_str().unwrap().parse().unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(decision.model_version, version, "{label}");
+        // The replica loads the stored model rather than training it again.
+        assert_eq!(
+            replica_retrainer.run_once().await.unwrap(),
+            sopr::retrain::Retrained::Loaded(version.clone()),
+            "{label}"
+        );
+        let new_model = replica.state.pipeline.classifier();
+        assert_eq!(new_model.version(), version);
+        let new_probability = probability(&new_model, wording, &intent);
+        assert!(
+            new_probability > old_probability + 0.2,
+            "{label}: {intent} {old_probability} -> {new_probability}"
+        );
+        assert_eq!(
+            retrainer.run_once().await.unwrap(),
+            sopr::retrain::Retrained::Unchanged
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_starting_replica_waits_for_the_model_another_is_training() {
+    let db = support::TestDb::sqlite();
+    let config = support::test_config(db.url());
+    let store = sopr::service::connect_store(&config).await.unwrap();
+    store.migrate().await.unwrap();
+    let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
+    let examples = sops.training_examples();
+    let options = sopr::retrain::train_options(&config);
+    let version = Classifier::version_for(&examples, &options);
+    let lease = hold_training_lease(store.as_ref(), &version).await;
+    let waiting = {
+        let (store, config, examples) = (store.clone(), config.clone(), examples.clone());
+        tokio::spawn(async move {
+            sopr::retrain::load_or_train_router(&store, &config, &examples, &|_, _, _| {})
+                .await
+                .unwrap()
+        })
+    };
+    // The other replica finishes: it stores the model and lets the lease go.
+    let model = Classifier::train(&examples, &options).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!waiting.is_finished(), "it waits while the lease is held");
+    store
+        .save_router_model(&sopr::store::RouterModelRecord {
+            version: version.clone(),
+            examples: examples.len() as i64,
+            labels: model.labels().len() as i64,
+            metrics: serde_json::json!({}),
+            model: model.to_bytes(),
+        })
+        .await
+        .unwrap();
+    let (loaded, trained) = waiting.await.unwrap();
+    assert!(!trained, "the waiting replica loads the other's model");
+    assert_eq!(loaded.version(), version);
+    store.release_lease(&lease, "elsewhere").await.unwrap();
+
+    // A lease left by a replica that stopped lapses; the next one trains.
+    let mut other = config.clone();
+    other.routing.seed = 7;
+    let version = Classifier::version_for(&examples, &sopr::retrain::train_options(&other));
+    let lease = sopr::retrain::training_lease(&version);
+    let lapsed = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert!(
+        store
+            .try_lease(
+                &lease,
+                "stopped",
+                lapsed - chrono::Duration::seconds(30),
+                lapsed
+            )
+            .await
+            .unwrap()
+    );
+    let (model, trained) =
+        sopr::retrain::load_or_train_router(&store, &other, &examples, &|_, _, _| {})
+            .await
+            .unwrap();
+    assert!(trained);
+    assert_eq!(model.version(), version);
+}
+
+#[tokio::test]
+async fn an_edited_training_file_is_picked_up_and_a_broken_one_keeps_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("extra.csv");
+    std::fs::write(
+        &file,
+        "text,intent\nwhere is my parcel of cards,card_arrival\n",
+    )
+    .unwrap();
+    let data = file.clone();
+    let app = support::spawn_app_on(support::TestDb::sqlite(), move |c| {
+        c.routing.training_data = vec![data]
+    })
+    .await;
+    let retrainer = app.retrainer.as_ref().unwrap();
+    let before = app.store.router_model(&current(&app).await).await.unwrap();
+    assert!(before.is_some());
+
+    // A file that no longer reads is an error; the model in use stays.
+    std::fs::write(&file, "words,nothing\nno columns sopr knows,x\n").unwrap();
+    let err = retrainer.run_once().await.unwrap_err();
+    assert!(format!("{err:#}").contains("extra.csv"), "{err:#}");
+    let version = current(&app).await;
+    let out = app.message("c1", "my card has not arrived").await;
+    assert_eq!(out["route"]["intent"], "card_arrival", "{out}");
+
+    // Fixed and extended: the next check trains on it.
+    std::fs::write(
+        &file,
+        "text,intent\nwhere is my parcel of cards,card_arrival\nthe courier lost my card,card_arrival\n",
+    )
+    .unwrap();
+    let retrained = retrainer.run_once().await.unwrap();
+    let sopr::retrain::Retrained::Trained(new) = retrained else {
+        panic!("{retrained:?}")
+    };
+    assert_ne!(new, version);
+    assert_eq!(current(&app).await, new);
+}
+
+/// The router model `app` routes with, as `/readyz` reports it.
+async fn current(app: &support::TestApp) -> String {
+    let body: serde_json::Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["router_model"].as_str().unwrap().to_string()
+}

@@ -421,6 +421,63 @@ async fn router_models_are_stored_by_version_and_pruned_oldest_first() {
 }
 
 #[tokio::test]
+async fn a_lease_has_one_holder_until_it_lapses_or_is_released() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let label = db.label();
+        let now = Utc::now();
+        let until = now + Duration::seconds(30);
+        assert!(
+            store.try_lease("job", "a", now, until).await.unwrap(),
+            "{label}"
+        );
+        // Held by `a`: `b` is refused, `a` renews.
+        assert!(
+            !store.try_lease("job", "b", now, until).await.unwrap(),
+            "{label}"
+        );
+        let later = now + Duration::seconds(20);
+        assert!(
+            store
+                .try_lease("job", "a", later, later + Duration::seconds(30))
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        // Renewed to 50 s: still held at 40 s, lapsed at 51 s.
+        let at = |s| now + Duration::seconds(s);
+        assert!(
+            !store.try_lease("job", "b", at(40), at(70)).await.unwrap(),
+            "{label}"
+        );
+        assert!(
+            store.try_lease("job", "b", at(51), at(81)).await.unwrap(),
+            "{label}"
+        );
+        assert!(
+            !store.try_lease("job", "a", at(52), at(82)).await.unwrap(),
+            "{label}"
+        );
+        // Another name is independent.
+        assert!(
+            store.try_lease("other", "a", at(52), at(82)).await.unwrap(),
+            "{label}"
+        );
+        // Only the holder's release frees it.
+        store.release_lease("job", "a").await.unwrap();
+        assert!(
+            !store.try_lease("job", "c", at(53), at(83)).await.unwrap(),
+            "{label}"
+        );
+        store.release_lease("job", "b").await.unwrap();
+        assert!(
+            store.try_lease("job", "c", at(53), at(83)).await.unwrap(),
+            "{label}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn sop_versions_are_recorded_once_per_hash() {
     for db in databases().await {
         let store = store_for(&db).await;

@@ -105,9 +105,12 @@ async fn healthz() -> Json<serde_json::Value> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.tenant_count().await {
-        Ok(_) => {
-            Json(json!({ "status": "ready", "database": state.store.backend() })).into_response()
-        }
+        Ok(_) => Json(json!({
+            "status": "ready",
+            "database": state.store.backend(),
+            "router_model": state.pipeline.classifier().version(),
+        }))
+        .into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
             error::problem(

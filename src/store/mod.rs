@@ -631,6 +631,21 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes all but the `keep` most recently stored models; returns how many went.
     async fn prune_router_models(&self, keep: i64) -> Result<u64>;
 
+    // --- leases -------------------------------------------------------------
+    /// Takes or renews the lease `name` for `holder` until `until`. True when
+    /// `holder` now holds it: it was free, had lapsed (`expires_at <= now`) or
+    /// was already `holder`'s. A lease only saves repeated work; holding one
+    /// guards nothing that must not happen twice.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Gives the lease up, if `holder` still holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+
     // --- message path -----------------------------------------------------
     async fn idempotent_replay(
         &self,

@@ -553,6 +553,38 @@ macro_rules! impl_store {
                 .rows_affected())
             }
 
+            async fn try_lease(&self, name: &str, holder: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
+                // Lapsed leases of other names go too: a name is often used once
+                // (a model version), and its row would otherwise stay forever.
+                sqlx::query("DELETE FROM leases WHERE expires_at <= $1 AND name <> $2")
+                    .bind(now)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?;
+                let taken = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at <= $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(taken == 1)
+            }
+
+            async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                    .bind(name)
+                    .bind(holder)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn idempotent_replay(&self, tenant_id: Uuid, key: &str) -> Result<Option<IdempotentReplay>> {
                 let row: Option<(Option<String>, Option<Json<Value>>)> = sqlx::query_as(
                     "SELECT request_hash, response FROM messages WHERE tenant_id = $1 AND idempotency_key = $2",

@@ -147,6 +147,8 @@ pub struct TestApp {
     pub tenant: Tenant,
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// The service's retrainer, not running: tests call `run_once`.
+    pub retrainer: Option<sopr::retrain::Retrainer>,
     pub db: TestDb,
 }
 
@@ -191,6 +193,7 @@ pub async fn spawn_app_for(
         tenant,
         store,
         config,
+        retrainer: service.retrainer,
         db,
     }
 }
