@@ -514,14 +514,6 @@ async fn an_edited_training_file_is_picked_up_and_a_broken_one_keeps_the_model()
 
 /// The router model `app` routes with, as `/readyz` reports it.
 async fn current(app: &support::TestApp) -> String {
-    let body: serde_json::Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     body["router_model"].as_str().unwrap().to_string()
 }
