@@ -412,6 +412,11 @@ async fn router_models_are_stored_by_version_and_pruned_oldest_first() {
             db.label()
         );
         assert!(store.router_model("nope").await.unwrap().is_none());
+        let listed = store.router_models(3).await.unwrap();
+        let versions: Vec<&str> = listed.iter().map(|m| m.version.as_str()).collect();
+        assert_eq!(versions, ["v3", "v2", "v1"], "{}", db.label());
+        assert_eq!(listed[1].metrics.0, json!({ "i": 2 }));
+        assert_eq!((listed[1].examples, listed[1].labels), (10, 2));
         assert_eq!(store.prune_router_models(2).await.unwrap(), 2);
         assert!(store.router_model("v0").await.unwrap().is_none());
         assert!(store.router_model("v1").await.unwrap().is_none());

@@ -302,6 +302,17 @@ pub struct RouterModelRecord {
     pub model: Vec<u8>,
 }
 
+/// A stored router model without its weights: what it was trained on, what
+/// calibration measured (`metrics`), and when it was stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RouterModelSummary {
+    pub version: String,
+    pub examples: i64,
+    pub labels: i64,
+    pub metrics: sqlx::types::Json<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Everything one inbound message writes, committed in one transaction.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -630,6 +641,8 @@ pub trait Store: Send + Sync + 'static {
     async fn save_router_model(&self, model: &RouterModelRecord) -> Result<()>;
     /// Deletes all but the `keep` most recently stored models; returns how many went.
     async fn prune_router_models(&self, keep: i64) -> Result<u64>;
+    /// The `limit` most recently stored models, newest first, without weights.
+    async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>>;
 
     // --- leases -------------------------------------------------------------
     /// Takes or renews the lease `name` for `holder` until `until`. True when

@@ -553,6 +553,16 @@ macro_rules! impl_store {
                 .rows_affected())
             }
 
+            async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>> {
+                Ok(sqlx::query_as::<_, RouterModelSummary>(
+                    "SELECT version, examples, labels, metrics, created_at FROM router_models \
+                     ORDER BY created_at DESC, version LIMIT $1",
+                )
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn try_lease(&self, name: &str, holder: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
                 // Lapsed leases of other names go too: a name is often used once
                 // (a model version), and its row would otherwise stay forever.

@@ -1,7 +1,8 @@
 //! The dashboard: how the queue and the SOPs are doing over a window of days.
 //! Queue depth over time, SLA breaches, escalation rate and reviewer override
 //! rate per SOP version, and median times to first claim and to resolution,
-//! as inline SVG charts (see `charts`) with the numbers beside them.
+//! as inline SVG charts (see `charts`) with the numbers beside them; and the
+//! router: the model this replica routes with and the recently stored ones.
 
 use std::collections::BTreeMap;
 
@@ -14,9 +15,15 @@ use serde_json::json;
 
 use super::charts::{self, Bar, Format, Series};
 use super::session::ConsoleUser;
-use super::{Page, format_duration_secs, message_page, render};
+use super::{Page, ago, format_duration_secs, message_page, render};
+use crate::config::Config;
 use crate::http::AppState;
-use crate::store::{OutcomeCount, ReviewTimeline};
+use crate::routing::Classifier;
+use crate::routing::calibration::Calibration;
+use crate::store::{OutcomeCount, ReviewTimeline, RouterModelSummary};
+
+/// Stored router models listed (the store keeps five).
+const ROUTER_MODELS_LISTED: i64 = 5;
 
 /// Points on the queue-depth line.
 const DEPTH_POINTS: i64 = 48;
@@ -224,6 +231,87 @@ pub fn summarise(
     })
 }
 
+fn percent(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// What calibration measured, as the dashboard shows it.
+fn calibration_view(c: Option<&Calibration>) -> serde_json::Value {
+    let Some(c) = c else {
+        return json!({
+            "holdout": "–", "accuracy": "–", "ece": "–",
+            "threshold": "not calibrated (too little data)",
+        });
+    };
+    let threshold = match (c.target_accuracy, c.threshold, c.coverage) {
+        (Some(target), Some(t), coverage) => format!(
+            "{t:.3} for {}: {} of held-out messages answered",
+            percent(target),
+            coverage.map_or_else(|| "–".into(), percent)
+        ),
+        (Some(target), None, _) => format!("none reaches {}: all to review", percent(target)),
+        (None, _, _) => "per SOP (no routing.target_accuracy)".into(),
+    };
+    json!({
+        "holdout": c.holdout_examples,
+        "accuracy": percent(c.holdout_accuracy),
+        "ece": format!("{:.3}", c.ece_after),
+        "threshold": threshold,
+    })
+}
+
+/// The model this replica routes with, the stored ones, and when it retrains.
+fn router_view(
+    current: &Classifier,
+    stored: &[RouterModelSummary],
+    config: &Config,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
+    let routing = &config.routing;
+    let schedule = match routing.retrain_every_minutes {
+        0 => "Its training data is read only at start (routing.retrain_every_minutes = 0)."
+            .to_string(),
+        m => format!(
+            "Every {} it reads its training data again and switches to a new model when the data changed.",
+            format_duration_secs(i64::from(m) * 60)
+        ),
+    };
+    let feedback = if routing.learn_from_feedback {
+        "Reviewers' intent labels are part of that data."
+    } else {
+        "Reviewers' intent labels are not (routing.learn_from_feedback is off)."
+    };
+    let models: Vec<_> = stored
+        .iter()
+        .map(|m| {
+            let calibration: Option<Calibration> = m
+                .metrics
+                .0
+                .get("calibration")
+                .and_then(|c| serde_json::from_value(c.clone()).ok());
+            let train_ms = m.metrics.0.get("train_ms").and_then(|t| t.as_u64());
+            json!({
+                "version": m.version,
+                "current": m.version == current.version(),
+                "stored_at": m.created_at.to_rfc3339(),
+                "stored_ago": ago(m.created_at, now),
+                "examples": m.examples,
+                "intents": m.labels,
+                "training": train_ms.map_or_else(|| "–".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                "calibration": calibration_view(calibration.as_ref()),
+            })
+        })
+        .collect();
+    json!({
+        "version": current.version(),
+        "intents": current.labels().len(),
+        "calibration": calibration_view(current.calibration()),
+        "schedule": schedule,
+        "feedback": feedback,
+        "models": models,
+    })
+}
+
 pub async fn page(
     State(state): State<AppState>,
     user: ConsoleUser,
@@ -236,10 +324,11 @@ pub async fn page(
     let data = async {
         let items = state.store.review_timelines(tenant, since).await?;
         let outcomes = state.store.decision_outcomes(tenant, since).await?;
-        Ok::<_, crate::store::StoreError>((items, outcomes))
+        let models = state.store.router_models(ROUTER_MODELS_LISTED).await?;
+        Ok::<_, crate::store::StoreError>((items, outcomes, models))
     }
     .await;
-    let (items, outcomes) = match data {
+    let (items, outcomes, models) = match data {
         Ok(data) => data,
         Err(err) => {
             tracing::error!(error = %err, "dashboard query failed");
@@ -255,6 +344,10 @@ pub async fn page(
     page.insert("days", &days);
     page.insert("day_choices", &[1, 7, 30, 90]);
     page.insert("stats", &summarise(&items, &outcomes, since, now));
+    page.insert(
+        "router",
+        &router_view(&state.pipeline.classifier(), &models, &state.config, now),
+    );
     render("dashboard.html", &page)
 }
 
@@ -286,6 +379,67 @@ mod tests {
             resolved_at: resolved_after.map(|m| created + Duration::minutes(m)),
             waiting_since: None,
         }
+    }
+
+    #[test]
+    fn router_view_reads_each_models_calibration() {
+        let examples: Vec<(String, String)> = (0..40)
+            .flat_map(|i| {
+                [
+                    ("card".to_string(), format!("my card {i} has not arrived")),
+                    (
+                        "rate".to_string(),
+                        format!("exchange rate number {i} please"),
+                    ),
+                ]
+            })
+            .collect();
+        let options = crate::routing::classifier::TrainOptions {
+            target_accuracy: Some(0.95),
+            ..Default::default()
+        };
+        let model = Classifier::train(&examples, &options).unwrap();
+        let calibration = serde_json::to_value(model.calibration().unwrap()).unwrap();
+        let now = Utc::now();
+        let stored = |version: &str, metrics: serde_json::Value| RouterModelSummary {
+            version: version.into(),
+            examples: 80,
+            labels: 2,
+            metrics: sqlx::types::Json(metrics),
+            created_at: now - Duration::minutes(5),
+        };
+        let models = [
+            stored(
+                model.version(),
+                json!({ "calibration": calibration, "train_ms": 1234 }),
+            ),
+            stored("lr10-older", json!({ "calibration": null })),
+        ];
+        let mut config = Config::default();
+        let view = router_view(&model, &models, &config, now);
+        assert_eq!(view["version"], model.version());
+        assert_eq!(view["models"][0]["current"], true);
+        assert_eq!(view["models"][0]["training"], "1.2 s");
+        assert_eq!(view["models"][0]["stored_ago"], "5 min ago");
+        let threshold = view["models"][0]["calibration"]["threshold"]
+            .as_str()
+            .unwrap();
+        assert!(threshold.contains("for 95.0%"), "{threshold}");
+        assert_eq!(view["models"][0]["calibration"], view["calibration"]);
+        assert_eq!(view["models"][1]["current"], false);
+        assert_eq!(
+            view["models"][1]["calibration"]["threshold"],
+            "not calibrated (too little data)"
+        );
+        assert!(view["schedule"].as_str().unwrap().starts_with("Every 1 h"));
+        config.routing.retrain_every_minutes = 0;
+        config.routing.learn_from_feedback = true;
+        let view = router_view(&model, &models, &config, now);
+        assert!(view["schedule"].as_str().unwrap().contains("only at start"));
+        assert_eq!(
+            view["feedback"],
+            "Reviewers' intent labels are part of that data."
+        );
     }
 
     #[test]
