@@ -94,6 +94,11 @@ pub struct RoutingConfig {
     /// (feedback, the `training_data` files) asks for a new model, and if so
     /// load or train it and route with it; 0 checks only at start.
     pub retrain_every_minutes: u32,
+    /// A model retrained while serving replaces the one in use only if it is
+    /// not worse by more than this: its held-out accuracy, and with
+    /// `target_accuracy` its held-out share answered automatically, may fall
+    /// at most this much (0.03 = 3 points). 1 accepts any model.
+    pub retrain_max_drop: f64,
     /// Hidden units of the small neural network whose scores the router adds
     /// to its linear model's; 0 routes with the linear model alone. 128 units
     /// were 0.2 points more accurate on average over five Banking77 splits
@@ -464,6 +469,7 @@ impl Default for Config {
                 learn_from_feedback: false,
                 feedback_max_examples: 20_000,
                 retrain_every_minutes: 60,
+                retrain_max_drop: 0.03,
                 network_hidden: 128,
             },
             escalation: EscalationConfig {
@@ -892,6 +898,12 @@ impl Config {
             return invalid(
                 "routing.retrain_every_minutes",
                 "must be at most 43200 (30 days); 0 retrains only at start".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.routing.retrain_max_drop) {
+            return invalid(
+                "routing.retrain_max_drop",
+                "must be between 0 and 1; 1 accepts any retrained model".into(),
             );
         }
         if !(0.0..1.0).contains(&self.routing.min_margin) {

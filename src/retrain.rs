@@ -9,6 +9,11 @@
 //! replicas training the same version store the same bytes; a lease in the
 //! database only spares the others the work: while one replica trains, the
 //! rest wait for its model and load it.
+//!
+//! A model retrained while serving replaces the one in use only if it is not
+//! worse, by its held-out measurements, than `routing.retrain_max_drop`
+//! allows (see [`worse_by`]): a training file with shifted labels or a run
+//! of wrong reviewer labels would otherwise send most traffic to review.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +24,7 @@ use chrono::Utc;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::routing::Classifier;
+use crate::routing::calibration::Calibration;
 use crate::routing::classifier::{Progress, TrainOptions};
 use crate::sop::SopSet;
 use crate::store::{RouterModelRecord, Store};
@@ -247,6 +253,9 @@ pub enum Retrained {
     Trained(String),
     /// Another replica is training the model for the new data.
     Busy,
+    /// The model for the new data (stored) is worse than the one in use by
+    /// more than `routing.retrain_max_drop`; the one in use stays.
+    Rejected { version: String, reason: String },
 }
 
 impl Retrained {
@@ -256,6 +265,7 @@ impl Retrained {
             Retrained::Loaded(_) => "loaded",
             Retrained::Trained(_) => "trained",
             Retrained::Busy => "busy",
+            Retrained::Rejected { .. } => "rejected",
         }
     }
 }
@@ -332,8 +342,7 @@ impl Retrainer {
             return Ok(Retrained::Unchanged);
         }
         if let Some(model) = load_stored(self.store.as_ref(), &version).await? {
-            self.switch(&current, model);
-            return Ok(Retrained::Loaded(version));
+            return Ok(self.promote(&current, model, Retrained::Loaded(version)));
         }
         let lease = match take_lease(&self.store, &version, &self.holder).await {
             Some(None) => return Ok(Retrained::Busy),
@@ -345,12 +354,12 @@ impl Retrainer {
             lease.release().await;
         }
         let (model, trained) = result?;
-        self.switch(&current, model);
-        Ok(if trained {
+        let outcome = if trained {
             Retrained::Trained(version)
         } else {
             Retrained::Loaded(version)
-        })
+        };
+        Ok(self.promote(&current, model, outcome))
     }
 
     /// Trains off the async threads, so requests keep being served.
@@ -378,7 +387,21 @@ impl Retrainer {
         Ok((model, true))
     }
 
-    fn switch(&self, current: &Classifier, model: Classifier) {
+    /// Switches to `model` unless it is worse than `current` (then `Rejected`).
+    fn promote(&self, current: &Classifier, model: Classifier, outcome: Retrained) -> Retrained {
+        let max_drop = self.config.routing.retrain_max_drop;
+        if let Some(reason) = worse_by(current.calibration(), model.calibration(), max_drop) {
+            tracing::warn!(
+                current = current.version(),
+                rejected = model.version(),
+                reason,
+                "retrained router model not used: worse than the current one beyond routing.retrain_max_drop; check the training data and reviewer labels"
+            );
+            return Retrained::Rejected {
+                version: model.version().to_string(),
+                reason,
+            };
+        }
         tracing::info!(
             from = current.version(),
             to = model.version(),
@@ -386,5 +409,95 @@ impl Retrainer {
             "router model replaced"
         );
         self.pipeline.replace_classifier(Arc::new(model));
+        outcome
+    }
+}
+
+/// Why a `candidate` model is worse than the `current` one by more than
+/// `max_drop`, from what calibration measured on each one's held-out data:
+/// its accuracy fell, or (with a target accuracy) the share of messages its
+/// threshold answers fell. `None`: it may replace the current one. The two
+/// were measured on different data, so a small drop is expected when the new
+/// data is harder (reviewer labels come from the cases the router was unsure
+/// of); `max_drop` is the allowance for that. A current model without
+/// calibration gives nothing to compare with.
+pub fn worse_by(
+    current: Option<&Calibration>,
+    candidate: Option<&Calibration>,
+    max_drop: f64,
+) -> Option<String> {
+    let current = current?;
+    let Some(candidate) = candidate else {
+        return Some("it has too little held-out data to be calibrated".into());
+    };
+    if candidate.holdout_accuracy < current.holdout_accuracy - max_drop {
+        return Some(format!(
+            "held-out accuracy {:.3}, against {:.3}",
+            candidate.holdout_accuracy, current.holdout_accuracy
+        ));
+    }
+    if let Some(target) = candidate.target_accuracy {
+        let (now, then) = (
+            candidate.coverage.unwrap_or(0.0),
+            current.coverage.unwrap_or(0.0),
+        );
+        if now < then - max_drop {
+            return Some(format!(
+                "share answered at the {target} target {now:.3}, against {then:.3}"
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::calibration::TopLabel;
+
+    fn calibration(accuracy: f64, coverage: Option<f64>) -> Calibration {
+        Calibration {
+            temperature: 1.0,
+            top_label: TopLabel::IDENTITY,
+            holdout_examples: 500,
+            holdout_accuracy: accuracy,
+            ece_before: 0.05,
+            ece_after: 0.02,
+            target_accuracy: coverage.map(|_| 0.98),
+            threshold: coverage.map(|_| 0.9),
+            coverage,
+        }
+    }
+
+    #[test]
+    fn a_retrained_model_may_be_a_little_worse_but_not_more() {
+        let current = calibration(0.90, None);
+        let worse = |c: Calibration| worse_by(Some(&current), Some(&c), 0.03);
+        assert_eq!(worse(calibration(0.88, None)), None, "within the allowance");
+        assert_eq!(worse(calibration(0.95, None)), None);
+        let reason = worse(calibration(0.86, None)).unwrap();
+        assert_eq!(reason, "held-out accuracy 0.860, against 0.900");
+        // No calibration: nothing to compare with, or nothing measured.
+        assert_eq!(worse_by(None, Some(&calibration(0.2, None)), 0.03), None);
+        assert!(worse_by(Some(&current), None, 0.03).is_some());
+        // 1 accepts anything calibrated.
+        assert_eq!(
+            worse_by(Some(&current), Some(&calibration(0.0, None)), 1.0),
+            None
+        );
+
+        // With a target, the share answered counts too.
+        let current = calibration(0.90, Some(0.60));
+        let worse = |c: Calibration| worse_by(Some(&current), Some(&c), 0.03);
+        assert_eq!(worse(calibration(0.90, Some(0.58))), None);
+        let reason = worse(calibration(0.91, Some(0.50))).unwrap();
+        assert!(reason.contains("0.500, against 0.600"), "{reason}");
+        // No threshold reaching the target answers nothing.
+        let none_reached = Calibration {
+            threshold: None,
+            coverage: None,
+            ..calibration(0.90, Some(0.60))
+        };
+        assert!(worse(none_reached).is_some());
     }
 }

@@ -510,6 +510,28 @@ async fn an_edited_training_file_is_picked_up_and_a_broken_one_keeps_the_model()
     };
     assert_ne!(new, version);
     assert_eq!(current(&app).await, new);
+
+    // A file whose labels are noise makes a worse model: it is stored, but
+    // the model in use stays, at every later check too.
+    let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
+    let intents: Vec<String> = sops.active().flat_map(|s| s.file.intents.clone()).collect();
+    let mut noise = String::from("text,intent\n");
+    for i in 0..400 {
+        let intent = &intents[(i * 7) % intents.len()];
+        noise.push_str(&format!(
+            "my card or transfer or rate question {i},{intent}\n"
+        ));
+    }
+    std::fs::write(&file, noise).unwrap();
+    for _ in 0..2 {
+        let retrained = retrainer.run_once().await.unwrap();
+        let sopr::retrain::Retrained::Rejected { version, reason } = &retrained else {
+            panic!("{retrained:?}")
+        };
+        assert!(reason.contains("held-out accuracy"), "{reason}");
+        assert!(app.store.router_model(version).await.unwrap().is_some());
+        assert_eq!(current(&app).await, new, "the model in use stays");
+    }
 }
 
 /// The router model `app` routes with, as `/readyz` reports it.

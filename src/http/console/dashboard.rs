@@ -272,8 +272,9 @@ fn router_view(
         0 => "Its training data is read only at start (routing.retrain_every_minutes = 0)."
             .to_string(),
         m => format!(
-            "Every {} it reads its training data again and switches to a new model when the data changed.",
-            format_duration_secs(i64::from(m) * 60)
+            "Every {} it reads its training data again; when the data changed it switches to the new model, unless that one is more than {:.0} points worse on held-out data (routing.retrain_max_drop).",
+            format_duration_secs(i64::from(m) * 60),
+            100.0 * routing.retrain_max_drop
         ),
     };
     let feedback = if routing.learn_from_feedback {
