@@ -174,9 +174,10 @@ async fn save_trained(
     Ok(())
 }
 
-/// Takes the training lease for `version`. `Ok(None)`: another replica holds
-/// it. A store that cannot lease (say, a failing query) does not stop
-/// training: the lease only saves work, so this then trains without one.
+/// Takes the training lease for `version`: `Some(Some(lease))`, or
+/// `Some(None)` when another replica holds it. `None`: the store could not
+/// lease (say, a failing query); that does not stop training, since the lease
+/// only saves work, so the caller then trains without one.
 async fn take_lease(store: &Arc<dyn Store>, version: &str, holder: &str) -> Option<Option<Lease>> {
     match Lease::take(store, training_lease(version), holder).await {
         Ok(lease) => Some(lease),
