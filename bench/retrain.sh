@@ -10,7 +10,8 @@
 #
 #   bench/retrain.sh
 #
-# Needs: python3. Env: PORT (default 18098).
+# Needs: python3. Env: PORT (default 18098); SOPR_ROUTING__RETRAIN_THREADS
+# (default 1) to compare how many threads the retrain may use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-18098}
@@ -37,7 +38,7 @@ echo "training the first model (Banking77 + demo SOPs)..."
 for _ in $(seq 1 300); do curl -sf "127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.5; done
 curl -sf "127.0.0.1:$PORT/readyz" >/dev/null || { tail "$WORK/serve.log" >&2; exit 1; }
 echo "my card is nowhere to be seen yet,card_arrival" >>"$WORK/data.csv"
-echo "sopr $(git rev-parse --short HEAD 2>/dev/null || echo '?') | $(nproc) cores | sending for 90 s; the next check retrains"
+echo "sopr $(git rev-parse --short HEAD 2>/dev/null || echo '?') | $(nproc) cores | retrain_threads ${SOPR_ROUTING__RETRAIN_THREADS:-1} | sending for 90 s; the next check retrains"
 
 python3 - "$PORT" "$KEY" "$WORK/serve.log" <<'EOF'
 import datetime, http.client, json, sys, time

@@ -65,6 +65,9 @@ pub struct SopsConfig {
 /// Beyond this the network costs more per message than it could add.
 pub const MAX_NETWORK_HIDDEN: usize = 512;
 
+/// More training threads than this is a typo, not a machine.
+pub const MAX_TRAIN_THREADS: usize = 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
@@ -99,6 +102,10 @@ pub struct RoutingConfig {
     /// `target_accuracy` its held-out share answered automatically, may fall
     /// at most this much (0.03 = 3 points). 1 accepts any model.
     pub retrain_max_drop: f64,
+    /// Threads a retrain while serving may use, 0 for one per core. Training
+    /// at start uses every core; while serving, fewer threads leave cores to
+    /// the requests (the retrain takes longer). The model is the same.
+    pub retrain_threads: usize,
     /// Hidden units of the small neural network whose scores the router adds
     /// to its linear model's; 0 routes with the linear model alone. 128 units
     /// were 0.2 points more accurate on average over five Banking77 splits
@@ -470,6 +477,7 @@ impl Default for Config {
                 feedback_max_examples: 20_000,
                 retrain_every_minutes: 60,
                 retrain_max_drop: 0.03,
+                retrain_threads: 1,
                 network_hidden: 128,
             },
             escalation: EscalationConfig {
@@ -904,6 +912,12 @@ impl Config {
             return invalid(
                 "routing.retrain_max_drop",
                 "must be between 0 and 1; 1 accepts any retrained model".into(),
+            );
+        }
+        if self.routing.retrain_threads > MAX_TRAIN_THREADS {
+            return invalid(
+                "routing.retrain_threads",
+                format!("must be at most {MAX_TRAIN_THREADS}; 0 uses one per core"),
             );
         }
         if !(0.0..1.0).contains(&self.routing.min_margin) {

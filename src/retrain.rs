@@ -10,10 +10,14 @@
 //! database only spares the others the work: while one replica trains, the
 //! rest wait for its model and load it.
 //!
-//! A model retrained while serving replaces the one in use only if it is not
-//! worse, by its held-out measurements, than `routing.retrain_max_drop`
-//! allows (see [`worse_by`]): a training file with shifted labels or a run
-//! of wrong reviewer labels would otherwise send most traffic to review.
+//! A retrained model replaces the one in use only if it is not worse, by its
+//! held-out measurements, than `routing.retrain_max_drop` allows (see
+//! [`worse_by`]): a training file with shifted labels or a run of wrong
+//! reviewer labels would otherwise send most traffic to review (a change of
+//! the intents themselves is not compared, see [`refusal`]). The model that
+//! passed last is recorded as promoted, and a starting replica applies the
+//! same check against it ([`model_at_start`]), so a restart does not undo
+//! what a running replica refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,6 +247,74 @@ pub async fn load_or_train_router(
     Ok((model, true))
 }
 
+/// The model `serve` starts routing with: the one for the training data as
+/// it is now (loaded or trained, see [`load_or_train_router`]), unless
+/// [`refusal`] refuses it against the model promoted last, the one replicas
+/// routed with before: then that one. The model chosen is recorded as
+/// promoted.
+pub async fn model_at_start(
+    store: &Arc<dyn Store>,
+    config: &Config,
+    examples: &[(String, String)],
+) -> anyhow::Result<Classifier> {
+    let (model, _) = load_or_train_router(store, config, examples, &|_, _, _| {}).await?;
+    let promoted = match store.promoted_router_model().await {
+        Ok(promoted) => promoted,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read which router model was promoted; using the model for the training data");
+            None
+        }
+    };
+    if let Some(version) = promoted.filter(|v| v != model.version())
+        && let Some(previous) = load_stored(store.as_ref(), &version).await?
+        && let Some(reason) = refusal(&previous, &model, config.routing.retrain_max_drop)
+    {
+        tracing::warn!(
+            promoted = previous.version(),
+            rejected = model.version(),
+            reason,
+            "the router model for the training data is worse than the one promoted last beyond routing.retrain_max_drop; routing with the promoted one: check the training data and reviewer labels"
+        );
+        metrics::counter!("sopr_router_retrains_total", "outcome" => "rejected").increment(1);
+        return Ok(previous);
+    }
+    record_promotion(store.as_ref(), model.version()).await;
+    Ok(model)
+}
+
+/// Why `candidate` may not replace `current`: [`worse_by`], when both route
+/// between the same intents. When the intents differ, someone added or
+/// removed one (an SOP, a training file's label, reviewers' first `oos`):
+/// only the new model knows the new set, and accuracies over different sets
+/// do not compare.
+fn refusal(current: &Classifier, candidate: &Classifier, max_drop: f64) -> Option<String> {
+    if current.labels() != candidate.labels() {
+        tracing::info!(
+            from = current.version(),
+            to = candidate.version(),
+            intents = candidate.labels().len(),
+            "the intents to route between changed; the model for the new intents is not compared with the one before"
+        );
+        return None;
+    }
+    worse_by(current.calibration(), candidate.calibration(), max_drop)
+}
+
+/// Records `version` as promoted. A failure is logged only: the record serves
+/// the check at the next start, and routing goes on with the model either way.
+async fn record_promotion(store: &dyn Store, version: &str) {
+    match store.promote_router_model(version, Utc::now()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            model = version,
+            "cannot record the router model as promoted: it is not stored"
+        ),
+        Err(err) => {
+            tracing::warn!(error = %err, model = version, "cannot record the router model as promoted")
+        }
+    }
+}
+
 /// What one [`Retrainer::run_once`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retrained {
@@ -343,12 +415,18 @@ impl Retrainer {
             return Ok(Retrained::Unchanged);
         }
         if let Some(model) = load_stored(self.store.as_ref(), &version).await? {
-            return Ok(self.promote(&current, model, Retrained::Loaded(version)));
+            return Ok(self
+                .promote(&current, model, Retrained::Loaded(version))
+                .await);
         }
         let lease = match take_lease(&self.store, &version, &self.holder).await {
             Some(None) => return Ok(Retrained::Busy),
             Some(Some(lease)) => Some(lease),
             None => None,
+        };
+        let options = TrainOptions {
+            threads: self.config.routing.retrain_threads,
+            ..options
         };
         let result = self.train(examples, options, &version).await;
         if let Some(lease) = lease {
@@ -360,7 +438,7 @@ impl Retrainer {
         } else {
             Retrained::Loaded(version)
         };
-        Ok(self.promote(&current, model, outcome))
+        Ok(self.promote(&current, model, outcome).await)
     }
 
     /// Trains off the async threads, so requests keep being served.
@@ -388,10 +466,15 @@ impl Retrainer {
         Ok((model, true))
     }
 
-    /// Switches to `model` unless it is worse than `current` (then `Rejected`).
-    fn promote(&self, current: &Classifier, model: Classifier, outcome: Retrained) -> Retrained {
-        let max_drop = self.config.routing.retrain_max_drop;
-        if let Some(reason) = worse_by(current.calibration(), model.calibration(), max_drop) {
+    /// Switches to `model` and records it as promoted, unless it is worse than
+    /// `current` (then `Rejected`).
+    async fn promote(
+        &self,
+        current: &Classifier,
+        model: Classifier,
+        outcome: Retrained,
+    ) -> Retrained {
+        if let Some(reason) = refusal(current, &model, self.config.routing.retrain_max_drop) {
             tracing::warn!(
                 current = current.version(),
                 rejected = model.version(),
@@ -409,6 +492,7 @@ impl Retrainer {
             threshold = model.calibration().and_then(|c| c.threshold),
             "router model replaced"
         );
+        record_promotion(self.store.as_ref(), model.version()).await;
         self.pipeline.replace_classifier(Arc::new(model));
         outcome
     }
@@ -421,7 +505,8 @@ impl Retrainer {
 /// were measured on different data, so a small drop is expected when the new
 /// data is harder (reviewer labels come from the cases the router was unsure
 /// of); `max_drop` is the allowance for that. A current model without
-/// calibration gives nothing to compare with.
+/// calibration gives nothing to compare with, and shares answered count
+/// only when both models were calibrated for the same target accuracy.
 pub fn worse_by(
     current: Option<&Calibration>,
     candidate: Option<&Calibration>,
@@ -437,7 +522,12 @@ pub fn worse_by(
             candidate.holdout_accuracy, current.holdout_accuracy
         ));
     }
-    if let Some(target) = candidate.target_accuracy {
+    // Shares answered at different targets (the setting changed between
+    // starts) do not compare.
+    if let Some(target) = candidate
+        .target_accuracy
+        .filter(|t| Some(*t) == current.target_accuracy)
+    {
         let (now, then) = (
             candidate.coverage.unwrap_or(0.0),
             current.coverage.unwrap_or(0.0),
@@ -500,5 +590,11 @@ mod tests {
             ..calibration(0.90, Some(0.60))
         };
         assert!(worse(none_reached).is_some());
+        // At another target (the setting changed), only accuracy compares.
+        let other_target = Calibration {
+            target_accuracy: Some(0.95),
+            ..calibration(0.90, Some(0.10))
+        };
+        assert_eq!(worse(other_target), None);
     }
 }

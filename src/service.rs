@@ -62,8 +62,7 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
     record_sop_versions(store.as_ref(), &sops).await?;
 
     let examples = training_set(store.as_ref(), &config, &sops, &[]).await?;
-    let (classifier, _) =
-        crate::retrain::load_or_train_router(&store, &config, &examples, &|_, _, _| {}).await?;
+    let classifier = crate::retrain::model_at_start(&store, &config, &examples).await?;
 
     let llm = build_llm(&config, &sops)?;
     let bootstrap_key = bootstrap(store.as_ref(), &config).await?;

@@ -596,13 +596,15 @@ async fn a_reviewer_works_an_item_from_the_console_on_every_backend() {
             "{label}: charts render"
         );
         assert!(dashboard.contains("Median time to resolution"), "{label}");
-        // The router section names the model routing now, among those stored.
+        // The router section names the model routing now, among those stored,
+        // promoted when the service started.
         let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
         let model = ready["router_model"].as_str().unwrap();
         assert!(
             dashboard.contains(&format!("This replica routes with <code>{model}</code>"))
                 && dashboard.contains(&format!(
-                    "<code>{model}</code> <span class=\"meta\">routing now</span>"
+                    "<code>{model}</code> <span class=\"meta\">routing now</span> \
+                     <span class=\"meta\">promoted "
                 )),
             "{label}: {dashboard}"
         );

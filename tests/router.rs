@@ -473,7 +473,7 @@ async fn a_starting_replica_waits_for_the_model_another_is_training() {
 }
 
 #[tokio::test]
-async fn an_edited_training_file_is_picked_up_and_a_broken_one_keeps_the_model() {
+async fn an_edited_training_file_is_picked_up_and_a_worse_model_is_not_used_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("extra.csv");
     std::fs::write(
@@ -532,6 +532,29 @@ async fn an_edited_training_file_is_picked_up_and_a_broken_one_keeps_the_model()
         assert!(app.store.router_model(version).await.unwrap().is_some());
         assert_eq!(current(&app).await, new, "the model in use stays");
     }
+
+    // A restart does not undo that: the model promoted last routes on.
+    assert_eq!(
+        app.store.promoted_router_model().await.unwrap().as_deref(),
+        Some(new.as_str())
+    );
+    let restarted = sopr::service::build((*app.config).clone()).await.unwrap();
+    assert_eq!(restarted.state.pipeline.classifier().version(), new);
+
+    // When the data changes the intents to route between, only a model
+    // trained on it knows them: it is used, worse or not, and promoted.
+    let mut noise = std::fs::read_to_string(&file).unwrap();
+    for i in 0..30 {
+        noise.push_str(&format!("a brand new kind of request {i},made_up_intent\n"));
+    }
+    std::fs::write(&file, noise).unwrap();
+    let restarted = sopr::service::build((*app.config).clone()).await.unwrap();
+    let model = restarted.state.pipeline.classifier();
+    assert!(model.labels().iter().any(|l| l == "made_up_intent"));
+    assert_eq!(
+        app.store.promoted_router_model().await.unwrap().as_deref(),
+        Some(model.version())
+    );
 }
 
 /// The router model `app` routes with, as `/readyz` reports it.

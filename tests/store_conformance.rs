@@ -417,11 +417,46 @@ async fn router_models_are_stored_by_version_and_pruned_oldest_first() {
         assert_eq!(versions, ["v3", "v2", "v1"], "{}", db.label());
         assert_eq!(listed[1].metrics.0, json!({ "i": 2 }));
         assert_eq!((listed[1].examples, listed[1].labels), (10, 2));
-        assert_eq!(store.prune_router_models(2).await.unwrap(), 2);
+        assert_eq!(listed[1].promoted_at, None);
+
+        // The latest promotion counts; pruning keeps that model however old.
+        assert_eq!(store.promoted_router_model().await.unwrap(), None);
+        let now = Utc::now();
+        assert!(store.promote_router_model("v0", now).await.unwrap());
+        assert!(
+            store
+                .promote_router_model("v1", now + Duration::seconds(1))
+                .await
+                .unwrap()
+        );
+        assert!(!store.promote_router_model("nope", now).await.unwrap());
+        assert_eq!(
+            store.promoted_router_model().await.unwrap().as_deref(),
+            Some("v1"),
+            "{}",
+            db.label()
+        );
+        assert_eq!(store.prune_router_models(2).await.unwrap(), 1);
         assert!(store.router_model("v0").await.unwrap().is_none());
-        assert!(store.router_model("v1").await.unwrap().is_none());
+        assert!(store.router_model("v1").await.unwrap().is_some());
         assert!(store.router_model("v3").await.unwrap().is_some());
         assert_eq!(store.prune_router_models(2).await.unwrap(), 0);
+        let listed = store.router_models(3).await.unwrap();
+        let promoted = listed.iter().find(|m| m.version == "v1").unwrap();
+        assert_eq!(
+            promoted.promoted_at.map(|t| t.timestamp()),
+            Some((now + Duration::seconds(1)).timestamp())
+        );
+        // The later promotion wins.
+        store
+            .promote_router_model("v3", now + Duration::seconds(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.promoted_router_model().await.unwrap().as_deref(),
+            Some("v3")
+        );
+        assert_eq!(store.prune_router_models(2).await.unwrap(), 1, "v1 goes");
     }
 }
 

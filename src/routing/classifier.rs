@@ -67,6 +67,58 @@ pub struct TrainOptions {
     /// Features seen in fewer training examples are not the network's
     /// inputs: a feature seen once would only teach it that one example.
     pub mlp_min_df: u32,
+    /// Threads training may use, 0 for one per core. With one, the
+    /// calibration fit and the final fit run one after the other; with more,
+    /// side by side, each spreading its SVM's classes over this many threads.
+    /// The model is the same either way, so this is not part of the version.
+    pub threads: usize,
+}
+
+impl TrainOptions {
+    /// `threads`, with 0 read as one per core.
+    fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The options that shape the model, as `version_of` hashes them: the
+    /// text `#[derive(Debug)]` printed before `threads` existed, so stored
+    /// models keep their versions. Naming every field makes a new one a
+    /// compile error here until someone decides whether it changes models.
+    fn model_key(&self) -> String {
+        let TrainOptions {
+            epochs,
+            learning_rate,
+            l2,
+            seed,
+            average_from,
+            calibration_fraction,
+            cross_fit_below,
+            calibration_folds,
+            target_accuracy,
+            svm_weight,
+            svm_cost,
+            mlp_hidden,
+            mlp_epochs,
+            mlp_learning_rate,
+            mlp_input_dropout,
+            mlp_weight,
+            mlp_min_df,
+            threads: _,
+        } = self;
+        format!(
+            "TrainOptions {{ epochs: {epochs:?}, learning_rate: {learning_rate:?}, l2: {l2:?}, \
+             seed: {seed:?}, average_from: {average_from:?}, \
+             calibration_fraction: {calibration_fraction:?}, cross_fit_below: {cross_fit_below:?}, \
+             calibration_folds: {calibration_folds:?}, target_accuracy: {target_accuracy:?}, \
+             svm_weight: {svm_weight:?}, svm_cost: {svm_cost:?}, mlp_hidden: {mlp_hidden:?}, \
+             mlp_epochs: {mlp_epochs:?}, mlp_learning_rate: {mlp_learning_rate:?}, \
+             mlp_input_dropout: {mlp_input_dropout:?}, mlp_weight: {mlp_weight:?}, \
+             mlp_min_df: {mlp_min_df:?} }}"
+        )
+    }
 }
 
 impl Default for TrainOptions {
@@ -89,6 +141,7 @@ impl Default for TrainOptions {
             mlp_min_df: 2,
             mlp_weight: 1.0,
             seed: 42,
+            threads: 0,
         }
     }
 }
@@ -390,6 +443,12 @@ impl Classifier {
         // time (Banking77's 10k rows on two cores: 5.9–6.0 s against 7.8–8.5 s
         // for the same two fits in sequence).
         // Each model is exactly what it would be if trained alone.
+        if options.thread_count() < 2 {
+            let calibration = calibrate(examples, options, &|e, n| progress("calibration", e, n));
+            let model =
+                Classifier::fit_examples(examples, options, &|e, n| progress("final", e, n));
+            return Classifier::with_calibration(model, calibration);
+        }
         let (calibration, model) = std::thread::scope(|scope| {
             let calibration =
                 scope.spawn(|| calibrate(examples, options, &|e, n| progress("calibration", e, n)));
@@ -401,6 +460,13 @@ impl Classifier {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (calibration, model)
         });
+        Classifier::with_calibration(model, calibration)
+    }
+
+    fn with_calibration(
+        model: Result<Classifier, TrainError>,
+        calibration: Option<Calibration>,
+    ) -> Result<Classifier, TrainError> {
         let mut model = model?;
         if let Some(calibration) = calibration {
             model.temperature = calibration.temperature;
@@ -612,9 +678,9 @@ impl Classifier {
         let k = self.labels.len();
         let n_features = self.idf.len();
         let fit = |c: usize| svm_one_vs_rest(rows, c, n_features, options.svm_cost, options.seed);
-        // Classes are independent problems: one thread per core, each over a
+        // Classes are independent problems: `threads` threads, each over a
         // fixed range of classes, so the result does not depend on the threads.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = options.thread_count();
         let chunk = k.div_ceil(threads);
         let per_class: Vec<(Vec<f32>, f32)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..k)
@@ -1136,7 +1202,7 @@ fn version_of(examples: &[(String, String)], options: &TrainOptions) -> String {
         hasher.update(text.as_bytes());
         hasher.update([0]);
     }
-    hasher.update(format!("{options:?}").as_bytes());
+    hasher.update(options.model_key().as_bytes());
     format!("{MODEL_KIND}-{}", &hex::encode(hasher.finalize())[..12])
 }
 
@@ -1577,6 +1643,94 @@ mod tests {
         let b = Classifier::train(&data(), &TrainOptions::default()).unwrap();
         assert_eq!(a.version(), b.version());
         assert_eq!(a.classify("euro rate"), b.classify("euro rate"));
+    }
+
+    #[test]
+    fn the_number_of_threads_does_not_change_the_model() {
+        // Enough for the held-out calibration and the SVM's classes to be
+        // split between threads.
+        let examples = small_data(30);
+        let with = |threads| {
+            let options = TrainOptions {
+                threads,
+                target_accuracy: Some(0.9),
+                ..TrainOptions::default()
+            };
+            Classifier::train(&examples, &options).unwrap()
+        };
+        let one = with(1);
+        assert!(one.calibration().is_some());
+        for threads in [0, 3] {
+            let other = with(threads);
+            assert_eq!(other.version(), one.version(), "{threads}");
+            assert!(other.to_bytes() == one.to_bytes(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn model_versions_hash_the_options_as_they_always_printed() {
+        // `TrainOptions`' derived `Debug` before `threads` existed; stored
+        // models were versioned with it.
+        #[derive(Debug)]
+        #[allow(dead_code)]
+        struct TrainOptions {
+            epochs: usize,
+            learning_rate: f32,
+            l2: f32,
+            seed: u64,
+            average_from: usize,
+            calibration_fraction: f64,
+            cross_fit_below: usize,
+            calibration_folds: usize,
+            target_accuracy: Option<f64>,
+            svm_weight: f32,
+            svm_cost: f32,
+            mlp_hidden: usize,
+            mlp_epochs: usize,
+            mlp_learning_rate: f32,
+            mlp_input_dropout: f32,
+            mlp_weight: f32,
+            mlp_min_df: u32,
+        }
+        for o in [
+            super::TrainOptions::default(),
+            super::TrainOptions {
+                target_accuracy: Some(0.98),
+                seed: 7,
+                threads: 1,
+                l2: 3e-6,
+                ..Default::default()
+            },
+        ] {
+            let before = TrainOptions {
+                epochs: o.epochs,
+                learning_rate: o.learning_rate,
+                l2: o.l2,
+                seed: o.seed,
+                average_from: o.average_from,
+                calibration_fraction: o.calibration_fraction,
+                cross_fit_below: o.cross_fit_below,
+                calibration_folds: o.calibration_folds,
+                target_accuracy: o.target_accuracy,
+                svm_weight: o.svm_weight,
+                svm_cost: o.svm_cost,
+                mlp_hidden: o.mlp_hidden,
+                mlp_epochs: o.mlp_epochs,
+                mlp_learning_rate: o.mlp_learning_rate,
+                mlp_input_dropout: o.mlp_input_dropout,
+                mlp_weight: o.mlp_weight,
+                mlp_min_df: o.mlp_min_df,
+            };
+            assert_eq!(o.model_key(), format!("{before:?}"));
+        }
+        let threads = |threads| super::TrainOptions {
+            threads,
+            ..Default::default()
+        };
+        assert_eq!(
+            version_of(&data(), &threads(1)),
+            version_of(&data(), &threads(0))
+        );
     }
 
     #[test]

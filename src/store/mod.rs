@@ -311,6 +311,8 @@ pub struct RouterModelSummary {
     pub labels: i64,
     pub metrics: sqlx::types::Json<Value>,
     pub created_at: DateTime<Utc>,
+    /// When it was last promoted (see `Store::promote_router_model`).
+    pub promoted_at: Option<DateTime<Utc>>,
 }
 
 /// Everything one inbound message writes, committed in one transaction.
@@ -639,8 +641,14 @@ pub trait Store: Send + Sync + 'static {
     async fn router_model(&self, version: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a trained model; saving a version that exists keeps the first.
     async fn save_router_model(&self, model: &RouterModelRecord) -> Result<()>;
-    /// Deletes all but the `keep` most recently stored models; returns how many went.
+    /// Deletes all but the `keep` most recently stored models and the latest
+    /// promoted one; returns how many went.
     async fn prune_router_models(&self, keep: i64) -> Result<u64>;
+    /// Records that replicas route with `version` from `at` on (it passed the
+    /// "not worse" check, or it is the first). False when no such model is stored.
+    async fn promote_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// The version most recently promoted, if any.
+    async fn promoted_router_model(&self) -> Result<Option<String>>;
     /// The `limit` most recently stored models, newest first, without weights.
     async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>>;
 

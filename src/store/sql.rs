@@ -545,7 +545,9 @@ macro_rules! impl_store {
             async fn prune_router_models(&self, keep: i64) -> Result<u64> {
                 Ok(sqlx::query(
                     "DELETE FROM router_models WHERE version NOT IN \
-                     (SELECT version FROM router_models ORDER BY created_at DESC, version LIMIT $1)",
+                     (SELECT version FROM router_models ORDER BY created_at DESC, version LIMIT $1) \
+                     AND version NOT IN (SELECT version FROM router_models WHERE promoted_at IS NOT NULL \
+                     ORDER BY promoted_at DESC, version LIMIT 1)",
                 )
                 .bind(keep)
                 .execute(&self.pool)
@@ -553,9 +555,29 @@ macro_rules! impl_store {
                 .rows_affected())
             }
 
+            async fn promote_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool> {
+                Ok(sqlx::query("UPDATE router_models SET promoted_at = $2 WHERE version = $1")
+                    .bind(version)
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            async fn promoted_router_model(&self) -> Result<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT version FROM router_models WHERE promoted_at IS NOT NULL \
+                     ORDER BY promoted_at DESC, version LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|r| r.0))
+            }
+
             async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>> {
                 Ok(sqlx::query_as::<_, RouterModelSummary>(
-                    "SELECT version, examples, labels, metrics, created_at FROM router_models \
+                    "SELECT version, examples, labels, metrics, created_at, promoted_at FROM router_models \
                      ORDER BY created_at DESC, version LIMIT $1",
                 )
                 .bind(limit)

@@ -296,6 +296,7 @@ fn router_view(
                 "current": m.version == current.version(),
                 "stored_at": m.created_at.to_rfc3339(),
                 "stored_ago": ago(m.created_at, now),
+                "promoted_ago": m.promoted_at.map(|at| ago(at, now)),
                 "examples": m.examples,
                 "intents": m.labels,
                 "training": train_ms.map_or_else(|| "–".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
@@ -408,6 +409,7 @@ mod tests {
             labels: 2,
             metrics: sqlx::types::Json(metrics),
             created_at: now - Duration::minutes(5),
+            promoted_at: (version != "lr10-older").then(|| now - Duration::minutes(3)),
         };
         let models = [
             stored(
@@ -422,6 +424,8 @@ mod tests {
         assert_eq!(view["models"][0]["current"], true);
         assert_eq!(view["models"][0]["training"], "1.2 s");
         assert_eq!(view["models"][0]["stored_ago"], "5 min ago");
+        assert_eq!(view["models"][0]["promoted_ago"], "3 min ago");
+        assert_eq!(view["models"][1]["promoted_ago"], serde_json::Value::Null);
         let threshold = view["models"][0]["calibration"]["threshold"]
             .as_str()
             .unwrap();
