@@ -70,6 +70,10 @@ pub enum Command {
     /// files, calibrates on a held-out 15%, and stores the model under a version derived from the
     /// data and options. `serve` loads the stored model whose version matches its own training
     /// data (SOP examples + routing.training_data), so list files there to serve with them.
+    ///
+    /// It then compares the model with the one promoted last (the one serve routed with) as a
+    /// starting serve does, and exits with status 1 when serve would refuse it as worse beyond
+    /// routing.retrain_max_drop: a check for data changes before they reach serve.
     Train {
         /// Extra labelled CSV (`text,intent` or `text,category`); repeatable
         #[arg(long, value_name = "FILE.csv")]
@@ -947,7 +951,35 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
         None => println!("calibration none (fewer than 20 held-out examples)"),
     }
-    Ok(ExitCode::SUCCESS)
+    use crate::retrain::AgainstPromoted;
+    Ok(
+        match crate::retrain::against_promoted(store.as_ref(), &config, &model).await? {
+            AgainstPromoted::Nothing => {
+                println!("promoted    none yet: serve starts with the model for its data");
+                ExitCode::SUCCESS
+            }
+            AgainstPromoted::Same => {
+                println!("promoted    this model: serve routes with it");
+                ExitCode::SUCCESS
+            }
+            AgainstPromoted::Passes(version) => {
+                println!(
+                    "promoted    {version}; this model is not worse beyond routing.retrain_max_drop, so serve would switch to it"
+                );
+                ExitCode::SUCCESS
+            }
+            AgainstPromoted::Refused { promoted, reason } => {
+                println!(
+                    "promoted    {}; this model is worse ({reason}), so serve would keep routing with that one",
+                    promoted.version()
+                );
+                eprintln!(
+                    "error: the model for this data is worse than the one promoted last; check the data, or start serve once with routing.retrain_max_drop = 1 to accept it"
+                );
+                ExitCode::from(1)
+            }
+        },
+    )
 }
 
 async fn users(config: Config, command: UsersCommand) -> anyhow::Result<ExitCode> {

@@ -258,28 +258,68 @@ pub async fn model_at_start(
     examples: &[(String, String)],
 ) -> anyhow::Result<Classifier> {
     let (model, _) = load_or_train_router(store, config, examples, &|_, _, _| {}).await?;
-    let promoted = match store.promoted_router_model().await {
-        Ok(promoted) => promoted,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot read which router model was promoted; using the model for the training data");
-            None
-        }
-    };
-    if let Some(version) = promoted.filter(|v| v != model.version())
-        && let Some(previous) = load_stored(store.as_ref(), &version).await?
-        && let Some(reason) = refusal(&previous, &model, config.routing.retrain_max_drop)
+    if let AgainstPromoted::Refused { promoted, reason } =
+        against_promoted(store.as_ref(), config, &model).await?
     {
         tracing::warn!(
-            promoted = previous.version(),
+            promoted = promoted.version(),
             rejected = model.version(),
             reason,
             "the router model for the training data is worse than the one promoted last beyond routing.retrain_max_drop; routing with the promoted one: check the training data and reviewer labels"
         );
         metrics::counter!("sopr_router_retrains_total", "outcome" => "rejected").increment(1);
-        return Ok(previous);
+        return Ok(*promoted);
     }
     record_promotion(store.as_ref(), model.version()).await;
     Ok(model)
+}
+
+/// How a model compares with the one promoted last (see [`model_at_start`]).
+pub enum AgainstPromoted {
+    /// No model is promoted yet (or the promoted one is no longer stored).
+    Nothing,
+    /// The model is the promoted one.
+    Same,
+    /// It may replace the promoted model, whose version this is.
+    Passes(String),
+    /// It may not replace `promoted`, for `reason`.
+    Refused {
+        promoted: Box<Classifier>,
+        reason: String,
+    },
+}
+
+/// Compares `model` with the model promoted last, as a starting replica does.
+/// A failure to read which model that is counts as none promoted (and is
+/// logged): the check guards against bad data, and must not stop a start.
+pub async fn against_promoted(
+    store: &dyn Store,
+    config: &Config,
+    model: &Classifier,
+) -> anyhow::Result<AgainstPromoted> {
+    let version = match store.promoted_router_model().await {
+        Ok(Some(version)) => version,
+        Ok(None) => return Ok(AgainstPromoted::Nothing),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read which router model was promoted; not comparing with it");
+            return Ok(AgainstPromoted::Nothing);
+        }
+    };
+    if version == model.version() {
+        return Ok(AgainstPromoted::Same);
+    }
+    let Some(promoted) = load_stored(store, &version).await? else {
+        return Ok(AgainstPromoted::Nothing);
+    };
+    Ok(
+        match refusal(&promoted, model, config.routing.retrain_max_drop) {
+            Some(reason) => AgainstPromoted::Refused {
+                promoted: Box::new(promoted),
+                reason,
+            },
+            None => AgainstPromoted::Passes(version),
+        },
+    )
 }
 
 /// Why `candidate` may not replace `current`: [`worse_by`], when both route

@@ -616,3 +616,93 @@ fn eval_says_what_too_little_data_leaves_unmeasured() {
         "{err}"
     );
 }
+
+/// Runs `sopr --database URL train args…`; returns (exit code, stdout, stderr).
+fn train(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = sopr()
+        .args(["--database", url, "train"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn train_says_whether_serve_would_route_with_the_model() {
+    let (dir, url) = temp_db();
+    let (code, out, err) = train(&url, &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("\npromoted    none yet: serve starts with the model for its data\n"),
+        "{out}"
+    );
+    let version = out
+        .lines()
+        .find_map(|l| l.strip_prefix("model       "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap()
+        .to_string();
+
+    // As a start of serve does.
+    let store = sopr::store::connect(&url, 1).await.unwrap();
+    assert!(
+        store
+            .promote_router_model(&version, chrono::Utc::now())
+            .await
+            .unwrap()
+    );
+    let (code, out, _) = train(&url, &[]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("(already stored for this data; reused)")
+            && out.contains("\npromoted    this model: serve routes with it\n"),
+        "{out}"
+    );
+
+    // A few more good rows: serve would switch.
+    let good = dir.path().join("good.csv");
+    std::fs::write(
+        &good,
+        "text,intent\nwhere is my parcel of cards,card_arrival\nthe courier lost my card,card_arrival\n",
+    )
+    .unwrap();
+    let (code, out, err) = train(&url, &["--data", good.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "\npromoted    {version}; this model is not worse beyond routing.retrain_max_drop, so serve would switch to it\n"
+        )),
+        "{out}"
+    );
+
+    // Labels that are noise: stored, but serve would refuse it (status 1).
+    let (sops, _) = sopr::sop::SopSet::load(std::path::Path::new("sops")).unwrap();
+    let intents: Vec<String> = sops.active().flat_map(|s| s.file.intents.clone()).collect();
+    let mut noise = String::from("text,intent\n");
+    for i in 0..400 {
+        let intent = &intents[(i * 7) % intents.len()];
+        noise.push_str(&format!(
+            "my card or transfer or rate question {i},{intent}\n"
+        ));
+    }
+    let noisy = dir.path().join("noise.csv");
+    std::fs::write(&noisy, noise).unwrap();
+    let (code, out, err) = train(&url, &["--data", noisy.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "\npromoted    {version}; this model is worse (held-out accuracy "
+        )) && out.contains("so serve would keep routing with that one\n"),
+        "{out}"
+    );
+    assert!(
+        err.contains("error: the model for this data is worse than the one promoted last")
+            && err.contains("routing.retrain_max_drop = 1"),
+        "{err}"
+    );
+    assert!(out.contains("(trained and stored)"), "{out}");
+}
