@@ -1,5 +1,7 @@
 //! The `sopr` binary as operators and scripts use it.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -680,17 +682,8 @@ async fn train_says_whether_serve_would_route_with_the_model() {
     );
 
     // Labels that are noise: stored, but serve would refuse it (status 1).
-    let (sops, _) = sopr::sop::SopSet::load(std::path::Path::new("sops")).unwrap();
-    let intents: Vec<String> = sops.active().flat_map(|s| s.file.intents.clone()).collect();
-    let mut noise = String::from("text,intent\n");
-    for i in 0..400 {
-        let intent = &intents[(i * 7) % intents.len()];
-        noise.push_str(&format!(
-            "my card or transfer or rate question {i},{intent}\n"
-        ));
-    }
     let noisy = dir.path().join("noise.csv");
-    std::fs::write(&noisy, noise).unwrap();
+    std::fs::write(&noisy, support::noise_csv(400)).unwrap();
     let (code, out, err) = train(&url, &["--data", noisy.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(

@@ -513,16 +513,7 @@ async fn an_edited_training_file_is_picked_up_and_a_worse_model_is_not_used_even
 
     // A file whose labels are noise makes a worse model: it is stored, but
     // the model in use stays, at every later check too.
-    let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
-    let intents: Vec<String> = sops.active().flat_map(|s| s.file.intents.clone()).collect();
-    let mut noise = String::from("text,intent\n");
-    for i in 0..400 {
-        let intent = &intents[(i * 7) % intents.len()];
-        noise.push_str(&format!(
-            "my card or transfer or rate question {i},{intent}\n"
-        ));
-    }
-    std::fs::write(&file, noise).unwrap();
+    std::fs::write(&file, support::noise_csv(400)).unwrap();
     for _ in 0..2 {
         let retrained = retrainer.run_once().await.unwrap();
         let sopr::retrain::Retrained::Rejected { version, reason } = &retrained else {

@@ -125,6 +125,22 @@ pub async fn databases() -> Vec<TestDb> {
     dbs
 }
 
+/// A `text,intent` file of `rows` rows whose labels are noise: near-identical
+/// texts spread over the demo SOPs' intents, so a model trained with them is
+/// much worse on held-out data than one without.
+pub fn noise_csv(rows: usize) -> String {
+    let (sops, _) = sopr::sop::SopSet::load(&sops_dir()).unwrap();
+    let intents: Vec<String> = sops.active().flat_map(|s| s.file.intents.clone()).collect();
+    let mut noise = String::from("text,intent\n");
+    for i in 0..rows {
+        let intent = &intents[(i * 7) % intents.len()];
+        noise.push_str(&format!(
+            "my card or transfer or rate question {i},{intent}\n"
+        ));
+    }
+    noise
+}
+
 pub fn sops_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sops")
 }
