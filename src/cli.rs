@@ -79,6 +79,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE.csv")]
         data: Vec<PathBuf>,
     },
+    /// List the stored router models; pin one to roll back or freeze routing.
+    #[command(subcommand)]
+    Router(RouterCommand),
     /// Train the router on one labelled CSV and measure it on another.
     ///
     /// Prints accuracy, macro-F1, calibration error (ECE), a risk–coverage table (coverage reached
@@ -172,6 +175,40 @@ pub enum SopsCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RouterCommand {
+    /// List the stored router models, newest first.
+    ///
+    /// For each: version, when stored, training examples and intents, held-out accuracy and
+    /// calibration error, the share of held-out messages its routing.target_accuracy threshold
+    /// answers, and whether it is pinned or promoted. Replicas route with the pinned model if
+    /// there is one, else normally with the model promoted last (the latest that passed the
+    /// routing.retrain_max_drop check).
+    List {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Make every serve replica route with a stored model, whatever its training data asks for.
+    ///
+    /// For rolling back to a model that worked, or for keeping routing as it is while training
+    /// data is fixed. Running replicas switch within 10 seconds (after a retrain in progress
+    /// ends), starting ones use it, and none retrains until `sopr router unpin`. No "not worse"
+    /// check applies: pinning is a decision. Warns when the model lacks intents of the active
+    /// SOPs: their messages go to other intents or to review while it is pinned.
+    Pin {
+        /// Model version as `sopr router list` shows it, or a unique start of it (with or
+        /// without the `lr10-` kind)
+        version: String,
+    },
+    /// Lift the pin: replicas go back to the model for their training data.
+    ///
+    /// Each replica loads or trains that model within 10 seconds and switches to it unless it is
+    /// worse than the pinned one beyond routing.retrain_max_drop (then it keeps the pinned one,
+    /// as it would a refused retrain). To accept a model the check refuses, pin it, then unpin.
+    Unpin,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create an API key for a tenant (creating the tenant if needed).
     ///
@@ -259,6 +296,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Users(command) => users(config, command).await,
         Command::Train { data } => train(config, &data).await,
+        Command::Router(command) => router(config, command).await,
         Command::Eval {
             train,
             sops,
@@ -426,7 +464,7 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     tracing::info!(listen = %listener.local_addr()?, database = service.state.store.backend().as_str(), "sopr listening");
     // Rows left undelivered at shutdown stay in the outbox for the next start.
     let dispatcher = service.dispatcher.map(|d| tokio::spawn(d.run()));
-    let retrainer = service.retrainer.map(|r| tokio::spawn(r.run()));
+    let retrainer = Some(tokio::spawn(service.retrainer.run()));
     crate::http::serve(listener, service.state, shutdown_signal()).await?;
     for task in [dispatcher, retrainer].into_iter().flatten() {
         task.abort();
@@ -951,6 +989,11 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
         None => println!("calibration none (fewer than 20 held-out examples)"),
     }
+    if let Some(pinned) = store.pinned_router_model().await? {
+        println!(
+            "pinned      {pinned}: serve routes with it until `sopr router unpin`, then as follows"
+        );
+    }
     use crate::retrain::AgainstPromoted;
     Ok(
         match crate::retrain::against_promoted(store.as_ref(), &config, &model).await? {
@@ -974,12 +1017,209 @@ async fn train(config: Config, extra: &[PathBuf]) -> anyhow::Result<ExitCode> {
                     promoted.version()
                 );
                 eprintln!(
-                    "error: the model for this data is worse than the one promoted last; check the data, or start serve once with routing.retrain_max_drop = 1 to accept it"
+                    "error: the model for this data is worse than the one promoted last; check the data, or accept it with `sopr router pin {}` then `sopr router unpin`",
+                    model.version()
                 );
                 ExitCode::from(1)
             }
         },
     )
+}
+
+async fn router(config: Config, command: RouterCommand) -> anyhow::Result<ExitCode> {
+    let store = crate::service::connect_store(&config).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    match command {
+        RouterCommand::List { format } => {
+            let models = store.router_models(ROUTER_MODELS_LISTED).await?;
+            let promoted = store.promoted_router_model().await?;
+            print_router_models(&models, promoted.as_deref(), format)?;
+        }
+        RouterCommand::Pin { version } => {
+            let models = store.router_models(ROUTER_MODELS_LISTED).await?;
+            let version = match_version(&models, &version)?;
+            let bytes = store
+                .router_model(&version)
+                .await?
+                .with_context(|| format!("router model {version} is no longer stored"))?;
+            let model = crate::routing::Classifier::from_bytes(&bytes).with_context(|| {
+                format!("router model {version} cannot be loaded by this sopr, so replicas could not route with it")
+            })?;
+            warn_missing_intents(&config, &model);
+            anyhow::ensure!(
+                store.pin_router_model(&version, chrono::Utc::now()).await?,
+                "router model {version} is no longer stored"
+            );
+            println!("{version}");
+            eprintln!(
+                "pinned {version}: serve replicas route with it within {} s and do not retrain until `sopr router unpin`",
+                crate::retrain::PIN_POLL.as_secs()
+            );
+        }
+        RouterCommand::Unpin => match store.unpin_router_model().await? {
+            Some(version) => eprintln!(
+                "unpinned {version}: within {} s, serve replicas go back to the model for their training data, unless it is worse than {version} beyond routing.retrain_max_drop",
+                crate::retrain::PIN_POLL.as_secs()
+            ),
+            None => eprintln!("no router model was pinned"),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// More than the store keeps (five, the promoted and the pinned one).
+const ROUTER_MODELS_LISTED: i64 = 100;
+
+/// The stored version `given` names: the whole version, or a unique start of
+/// it, with or without the model kind (`lr10-`).
+fn match_version(
+    models: &[crate::store::RouterModelSummary],
+    given: &str,
+) -> anyhow::Result<String> {
+    let given = given.trim();
+    anyhow::ensure!(
+        !given.is_empty(),
+        "give a model version (`sopr router list` shows them)"
+    );
+    let hash = |v: &str| v.split_once('-').map_or(v, |(_, h)| h).to_string();
+    if let Some(m) = models.iter().find(|m| m.version == given) {
+        return Ok(m.version.clone());
+    }
+    let found: Vec<&str> = models
+        .iter()
+        .filter(|m| m.version.starts_with(given) || hash(&m.version).starts_with(given))
+        .map(|m| m.version.as_str())
+        .collect();
+    match found[..] {
+        [one] => Ok(one.to_string()),
+        [] => anyhow::bail!(
+            "no stored router model `{given}`; `sopr router list` shows the {} stored",
+            models.len()
+        ),
+        _ => anyhow::bail!(
+            "`{given}` names {} models: {}",
+            found.len(),
+            found.join(", ")
+        ),
+    }
+}
+
+/// Warns on stderr about intents of the active SOPs that `model` does not
+/// route to. The SOP folder may not be readable where the command runs.
+fn warn_missing_intents(config: &Config, model: &crate::routing::Classifier) {
+    let sops = match crate::sop::SopSet::load(&config.sops.dir) {
+        Ok((sops, _)) => sops,
+        Err(err) => {
+            eprintln!(
+                "note: cannot read the SOPs in {} to compare their intents with the model's: {err:#}",
+                config.sops.dir.display()
+            );
+            return;
+        }
+    };
+    let known: std::collections::BTreeSet<&str> =
+        model.labels().iter().map(String::as_str).collect();
+    let missing: std::collections::BTreeSet<&str> = sops
+        .active()
+        .flat_map(|sop| sop.file.intents.iter().map(String::as_str))
+        .filter(|intent| !known.contains(intent))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: the model does not know {} intent(s) of the active SOPs ({}): while it is pinned, their messages are routed to other intents or to review",
+            missing.len(),
+            missing.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+}
+
+fn print_router_models(
+    models: &[crate::store::RouterModelSummary],
+    promoted: Option<&str>,
+    format: Format,
+) -> anyhow::Result<()> {
+    use crate::routing::calibration::Calibration;
+    let calibration = |m: &crate::store::RouterModelSummary| -> Option<Calibration> {
+        serde_json::from_value(m.metrics.0.get("calibration")?.clone()).ok()
+    };
+    match format {
+        Format::Json => {
+            let rows: Vec<_> = models
+                .iter()
+                .map(|m| {
+                    let c = calibration(m);
+                    serde_json::json!({
+                        "version": m.version,
+                        "stored_at": m.created_at,
+                        "examples": m.examples,
+                        "intents": m.labels,
+                        "holdout_accuracy": c.as_ref().map(|c| c.holdout_accuracy),
+                        "ece": c.as_ref().map(|c| c.ece_after),
+                        "target_accuracy": c.as_ref().and_then(|c| c.target_accuracy),
+                        "threshold": c.as_ref().and_then(|c| c.threshold),
+                        "coverage": c.as_ref().and_then(|c| c.coverage),
+                        "promoted_at": m.promoted_at,
+                        "promoted_last": promoted == Some(m.version.as_str()),
+                        "pinned_at": m.pinned_at,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Format::Text => {
+            if models.is_empty() {
+                eprintln!("no router model is stored yet: `sopr serve` or `sopr train` stores one");
+                return Ok(());
+            }
+            println!(
+                "{:<18} {:<17} {:>8} {:>7} {:>8} {:>6}  {:<16} STATE",
+                "VERSION", "STORED (UTC)", "EXAMPLES", "INTENTS", "ACCURACY", "ECE", "ANSWERED"
+            );
+            for m in models {
+                let c = calibration(m);
+                let answered = match c.as_ref().map(|c| (c.target_accuracy, c.coverage)) {
+                    Some((Some(target), Some(coverage))) => {
+                        format!("{:.1}% at {target}", 100.0 * coverage)
+                    }
+                    Some((Some(target), None)) => format!("none at {target}"),
+                    _ => "-".into(),
+                };
+                let mut state = Vec::new();
+                if m.pinned_at.is_some() {
+                    state.push("pinned".to_string());
+                }
+                if let Some(at) = m.promoted_at {
+                    state.push(format!(
+                        "promoted {}{}",
+                        at.format("%Y-%m-%d %H:%M"),
+                        if promoted == Some(m.version.as_str()) {
+                            " (last)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                println!(
+                    "{:<18} {:<17} {:>8} {:>7} {:>8} {:>6}  {:<16} {}",
+                    m.version,
+                    m.created_at.format("%Y-%m-%d %H:%M"),
+                    m.examples,
+                    m.labels,
+                    c.as_ref().map_or("-".into(), |c| format!(
+                        "{:.1}%",
+                        100.0 * c.holdout_accuracy
+                    )),
+                    c.as_ref()
+                        .map_or("-".into(), |c| format!("{:.3}", c.ece_after)),
+                    answered,
+                    state.join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn users(config: Config, command: UsersCommand) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,12 @@
 //! passed last is recorded as promoted, and a starting replica applies the
 //! same check against it ([`model_at_start`]), so a restart does not undo
 //! what a running replica refused.
+//!
+//! An operator can pin a stored model (`sopr router pin`): every replica
+//! then routes with it, at start and within [`PIN_POLL`] while serving, and
+//! none retrains until the pin is lifted (`sopr router unpin`). Then each
+//! goes back to the model for its training data, checked against the pinned
+//! one like any retrained model ([`Retrainer::follow_pin`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +52,11 @@ const WAIT_POLL: Duration = Duration::from_secs(1);
 /// After `Retrained::Busy`, the retrainer looks again this soon rather than
 /// a whole interval later.
 const BUSY_RETRY: Duration = Duration::from_secs(15);
+
+/// How often a serving replica looks for a pin (or its lifting) in the
+/// database: a pin takes effect everywhere within this, or when a retrain in
+/// progress ends.
+pub const PIN_POLL: Duration = Duration::from_secs(10);
 
 pub fn train_options(config: &Config) -> TrainOptions {
     TrainOptions {
@@ -134,7 +145,7 @@ async fn load_stored(store: &dyn Store, version: &str) -> anyhow::Result<Option<
             Ok(Some(model))
         }
         Err(err) => {
-            tracing::warn!(error = %err, "stored router model unusable; training a new one");
+            tracing::warn!(error = %err, model = version, "stored router model cannot be loaded");
             Ok(None)
         }
     }
@@ -247,7 +258,35 @@ pub async fn load_or_train_router(
     Ok((model, true))
 }
 
-/// The model `serve` starts routing with: the one for the training data as
+/// The pinned version (`sopr router pin`), if one is. A failure to read it
+/// counts as none (and is logged), like the promoted one in
+/// [`against_promoted`].
+async fn pinned_version(store: &dyn Store) -> Option<String> {
+    store.pinned_router_model().await.unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "cannot read whether a router model is pinned; assuming none is");
+        None
+    })
+}
+
+/// The pinned model, if one is pinned and its stored bytes load. A pin that
+/// does not load is logged (a model stored by an older sopr that reads it no
+/// more) and counts as none.
+async fn pinned_model(store: &dyn Store) -> anyhow::Result<Option<Classifier>> {
+    let Some(version) = pinned_version(store).await else {
+        return Ok(None);
+    };
+    let model = load_stored(store, &version).await?;
+    if model.is_none() {
+        tracing::warn!(
+            model = %version,
+            "the pinned router model cannot be loaded; ignoring the pin: pin another model or run `sopr router unpin`"
+        );
+    }
+    Ok(model)
+}
+
+/// The model `serve` starts routing with: the pinned one, if an operator
+/// pinned one (`sopr router pin`). Otherwise the one for the training data as
 /// it is now (loaded or trained, see [`load_or_train_router`]), unless
 /// [`refusal`] refuses it against the model promoted last, the one replicas
 /// routed with before: then that one. The model chosen is recorded as
@@ -257,6 +296,13 @@ pub async fn model_at_start(
     config: &Config,
     examples: &[(String, String)],
 ) -> anyhow::Result<Classifier> {
+    if let Some(model) = pinned_model(store.as_ref()).await? {
+        tracing::info!(
+            model = model.version(),
+            "routing with the pinned router model; retraining waits for `sopr router unpin`"
+        );
+        return Ok(model);
+    }
     let (model, _) = load_or_train_router(store, config, examples, &|_, _, _| {}).await?;
     if let AgainstPromoted::Refused { promoted, reason } =
         against_promoted(store.as_ref(), config, &model).await?
@@ -369,6 +415,9 @@ pub enum Retrained {
     /// The model for the new data (stored) is worse than the one in use by
     /// more than `routing.retrain_max_drop`; the one in use stays.
     Rejected { version: String, reason: String },
+    /// An operator pinned this model (`sopr router pin`): it is in use, and
+    /// nothing was retrained.
+    Pinned(String),
 }
 
 impl Retrained {
@@ -379,6 +428,7 @@ impl Retrained {
             Retrained::Trained(_) => "trained",
             Retrained::Busy => "busy",
             Retrained::Rejected { .. } => "rejected",
+            Retrained::Pinned(_) => "pinned",
         }
     }
 }
@@ -390,6 +440,9 @@ pub struct Retrainer {
     sops: Arc<SopSet>,
     pipeline: Arc<Pipeline>,
     holder: String,
+    /// The pinned version this replica routes with, while it does: when the
+    /// pin is lifted, [`Retrainer::follow_pin`] goes back to the data's model.
+    following_pin: std::sync::Mutex<Option<String>>,
 }
 
 impl Retrainer {
@@ -405,43 +458,118 @@ impl Retrainer {
             sops,
             pipeline,
             holder: holder(),
+            following_pin: std::sync::Mutex::new(None),
         }
     }
 
-    /// Every `routing.retrain_every_minutes`, [`Retrainer::run_once`]; after
-    /// `Busy`, sooner. Errors are logged and counted; the model in use stays.
+    /// Every [`PIN_POLL`], [`Retrainer::follow_pin`]; every
+    /// `routing.retrain_every_minutes` (unless 0), [`Retrainer::run_once`],
+    /// and after `Busy` sooner. Errors are logged and counted; the model in
+    /// use stays.
     pub async fn run(self) {
-        let every = Duration::from_secs(60 * u64::from(self.config.routing.retrain_every_minutes));
-        let mut wait = every;
+        let every = match self.config.routing.retrain_every_minutes {
+            0 => None,
+            m => Some(Duration::from_secs(60 * u64::from(m))),
+        };
+        let mut next_retrain = every.map(|every| Instant::now() + every);
         loop {
-            tokio::time::sleep(wait).await;
-            wait = every;
-            match self.run_once().await {
-                Ok(Retrained::Busy) => wait = BUSY_RETRY.min(every),
-                Ok(_) => {}
-                Err(err) => {
-                    metrics::counter!("sopr_router_retrains_total", "outcome" => "failed")
-                        .increment(1);
-                    tracing::error!(
-                        error = format!("{err:#}"),
-                        "router retraining failed; the current model stays in use"
-                    );
-                }
+            let until_retrain =
+                next_retrain.map_or(PIN_POLL, |at| at.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(until_retrain.min(PIN_POLL)).await;
+            if let Err(err) = self.follow_pin().await {
+                failed(&err);
             }
+            let (Some(every), Some(at)) = (every, next_retrain) else {
+                continue;
+            };
+            if Instant::now() < at {
+                continue;
+            }
+            let wait = match self.run_once().await {
+                Ok(Retrained::Busy) => BUSY_RETRY.min(every),
+                Ok(_) => every,
+                Err(err) => {
+                    failed(&err);
+                    every
+                }
+            };
+            next_retrain = Some(Instant::now() + wait);
         }
     }
 
-    /// Reads the training data once; when it asks for another model version
-    /// than the one in use, loads or trains that model and switches to it.
+    /// Follows `sopr router pin` and `unpin` between retrains: switches to a
+    /// newly pinned model, and once the pin this replica followed is lifted,
+    /// goes back to the model for the training data ([`Retrainer::run_once`]),
+    /// which must not be worse than the pinned one. `None`: nothing changed.
+    pub async fn follow_pin(&self) -> anyhow::Result<Option<Retrained>> {
+        let pinned = self.store.pinned_router_model().await?;
+        let followed = self.following().clone();
+        match pinned {
+            Some(version) if version == self.pipeline.classifier().version() => {
+                *self.following() = Some(version);
+                Ok(None)
+            }
+            // Tried and failed already (logged then); lifting or another pin ends it.
+            Some(version) if followed.as_deref() == Some(version.as_str()) => Ok(None),
+            Some(_) => self.run_once().await.map(Some),
+            None if followed.is_some() => {
+                *self.following() = None;
+                self.run_once().await.map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn following(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.following_pin
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Routes with the pinned model if one is pinned ([`Retrained::Pinned`]);
+    /// otherwise reads the training data once and, when it asks for another
+    /// model version than the one in use, loads or trains that model and
+    /// switches to it.
     pub async fn run_once(&self) -> anyhow::Result<Retrained> {
-        let examples =
-            crate::service::training_set(self.store.as_ref(), &self.config, &self.sops, &[])
+        let outcome = match self.pinned().await? {
+            Some(outcome) => outcome,
+            None => {
+                let examples = crate::service::training_set(
+                    self.store.as_ref(),
+                    &self.config,
+                    &self.sops,
+                    &[],
+                )
                 .await?;
-        let options = train_options(&self.config);
-        let version = Classifier::version_for(&examples, &options);
-        let outcome = self.update(examples, options, version).await?;
+                let options = train_options(&self.config);
+                let version = Classifier::version_for(&examples, &options);
+                self.update(examples, options, version).await?
+            }
+        };
         metrics::counter!("sopr_router_retrains_total", "outcome" => outcome.label()).increment(1);
         Ok(outcome)
+    }
+
+    /// With a model pinned (and loadable), switches to it if it is not in use
+    /// yet: `Pinned`.
+    async fn pinned(&self) -> anyhow::Result<Option<Retrained>> {
+        let Some(version) = pinned_version(self.store.as_ref()).await else {
+            return Ok(None);
+        };
+        *self.following() = Some(version.clone());
+        let current = self.pipeline.classifier();
+        if current.version() != version {
+            let Some(model) = pinned_model(self.store.as_ref()).await? else {
+                return Ok(None);
+            };
+            tracing::info!(
+                from = current.version(),
+                to = model.version(),
+                "router model pinned; routing with it until `sopr router unpin`"
+            );
+            self.pipeline.replace_classifier(Arc::new(model));
+        }
+        Ok(Some(Retrained::Pinned(version)))
     }
 
     async fn update(
@@ -507,13 +635,19 @@ impl Retrainer {
     }
 
     /// Switches to `model` and records it as promoted, unless it is worse than
-    /// `current` (then `Rejected`).
+    /// `current` (then `Rejected`) or a model was pinned meanwhile (then
+    /// that one: `Pinned`).
     async fn promote(
         &self,
         current: &Classifier,
         model: Classifier,
         outcome: Retrained,
     ) -> Retrained {
+        // A retrain takes seconds; an operator may have pinned a model since
+        // it began. The model trained is stored either way.
+        if let Ok(Some(pinned)) = self.pinned().await {
+            return pinned;
+        }
         if let Some(reason) = refusal(current, &model, self.config.routing.retrain_max_drop) {
             tracing::warn!(
                 current = current.version(),
@@ -536,6 +670,15 @@ impl Retrainer {
         self.pipeline.replace_classifier(Arc::new(model));
         outcome
     }
+}
+
+/// Logs and counts a failed retrain (or pin check).
+fn failed(err: &anyhow::Error) {
+    metrics::counter!("sopr_router_retrains_total", "outcome" => "failed").increment(1);
+    tracing::error!(
+        error = format!("{err:#}"),
+        "router retraining failed; the current model stays in use"
+    );
 }
 
 /// Why a `candidate` model is worse than the `current` one by more than

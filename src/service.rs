@@ -18,9 +18,10 @@ pub struct Service {
     /// Delivers the outbox; `None` when `notify.dispatch` is off. `serve`
     /// spawns it beside the HTTP server.
     pub dispatcher: Option<crate::notify::Dispatcher>,
-    /// Keeps the router's model current while serving; `None` when
-    /// `routing.retrain_every_minutes` is 0. `serve` spawns it too.
-    pub retrainer: Option<crate::retrain::Retrainer>,
+    /// Keeps the router's model current while serving (retraining every
+    /// `routing.retrain_every_minutes` unless 0, following pins always).
+    /// `serve` spawns it too.
+    pub retrainer: crate::retrain::Retrainer,
     /// `(tenant, key)` when this start created the demo tenant; the key is shown once.
     pub bootstrap_key: Option<(String, String)>,
 }
@@ -100,14 +101,12 @@ pub async fn build(config: Config) -> anyhow::Result<Service> {
         llm,
         notifier.clone(),
     )?);
-    let retrainer = (config.routing.retrain_every_minutes > 0).then(|| {
-        crate::retrain::Retrainer::new(
-            store.clone(),
-            config.clone(),
-            sops.clone(),
-            pipeline.clone(),
-        )
-    });
+    let retrainer = crate::retrain::Retrainer::new(
+        store.clone(),
+        config.clone(),
+        sops.clone(),
+        pipeline.clone(),
+    );
     let reviews = Arc::new(ReviewService::new(
         store.clone(),
         sops,

@@ -189,6 +189,9 @@ fn every_command_explains_itself() {
         vec!["print-config", "--help"],
         vec!["train", "--help"],
         vec!["eval", "--help"],
+        vec!["router", "list", "--help"],
+        vec!["router", "pin", "--help"],
+        vec!["router", "unpin", "--help"],
     ] {
         let out = sopr().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -621,8 +624,17 @@ fn eval_says_what_too_little_data_leaves_unmeasured() {
 
 /// Runs `sopr --database URL train args…`; returns (exit code, stdout, stderr).
 fn train(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    run_on(url, "train", args)
+}
+
+/// Runs `sopr --database URL router args…`; returns (exit code, stdout, stderr).
+fn router(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    run_on(url, "router", args)
+}
+
+fn run_on(url: &str, command: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = sopr()
-        .args(["--database", url, "train"])
+        .args(["--database", url, command])
         .args(args)
         .output()
         .unwrap();
@@ -633,8 +645,18 @@ fn train(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// The version on the `model` line `sopr train` prints.
+fn model_of(train_out: &str) -> String {
+    train_out
+        .lines()
+        .find_map(|l| l.strip_prefix("model       "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no model line: {train_out}"))
+        .to_string()
+}
+
 #[tokio::test]
-async fn train_says_whether_serve_would_route_with_the_model() {
+async fn train_and_router_pin_say_what_serve_routes_with() {
     let (dir, url) = temp_db();
     let (code, out, err) = train(&url, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
@@ -642,12 +664,7 @@ async fn train_says_whether_serve_would_route_with_the_model() {
         out.contains("\npromoted    none yet: serve starts with the model for its data\n"),
         "{out}"
     );
-    let version = out
-        .lines()
-        .find_map(|l| l.strip_prefix("model       "))
-        .and_then(|l| l.split(' ').next())
-        .unwrap()
-        .to_string();
+    let version = model_of(&out);
 
     // As a start of serve does.
     let store = sopr::store::connect(&url, 1).await.unwrap();
@@ -694,8 +711,93 @@ async fn train_says_whether_serve_would_route_with_the_model() {
     );
     assert!(
         err.contains("error: the model for this data is worse than the one promoted last")
-            && err.contains("routing.retrain_max_drop = 1"),
+            && err.contains("sopr router pin"),
         "{err}"
     );
     assert!(out.contains("(trained and stored)"), "{out}");
+    let refused = model_of(&out);
+
+    // The operator accepts it on purpose: pin (by a start of its hash), then unpin.
+    let listed = router(&url, &["list"]);
+    assert_eq!(listed.0, Some(0), "{listed:?}");
+    assert!(listed.1.starts_with("VERSION "), "{}", listed.1);
+    assert_eq!(listed.1.lines().count(), 1 + 3, "{}", listed.1);
+    assert!(
+        listed
+            .1
+            .lines()
+            .any(|l| l.starts_with(&version) && l.contains("promoted ") && l.ends_with(" (last)")),
+        "{}",
+        listed.1
+    );
+    let (code, _, err) = router(&url, &["pin", "nope"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no stored router model `nope`"), "{err}");
+    let (code, _, err) = router(&url, &["pin", "lr"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("`lr` names 3 models"), "{err}");
+    let hash = refused.split_once('-').unwrap().1;
+    let (code, out, err) = router(&url, &["pin", &hash[..8]]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), refused);
+    assert!(
+        err.contains("within 10 s") && !err.contains("warning"),
+        "{err}"
+    );
+    let (code, out, _) = train(&url, &["--data", noisy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "\npinned      {refused}: serve routes with it until `sopr router unpin`, then as follows\npromoted    this model: serve routes with it\n"
+        )),
+        "{out}"
+    );
+    let (_, json, _) = router(&url, &["list", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let pinned: Vec<&serde_json::Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| !r["pinned_at"].is_null())
+        .collect();
+    assert_eq!(pinned.len(), 1, "{json}");
+    assert_eq!(pinned[0]["version"], refused.as_str());
+    assert_eq!(pinned[0]["promoted_last"], true);
+    assert!(
+        pinned[0]["holdout_accuracy"].as_f64().unwrap() < 0.7,
+        "{json}"
+    );
+    let (code, _, err) = router(&url, &["unpin"]);
+    assert_eq!(code, Some(0));
+    assert!(err.starts_with(&format!("unpinned {refused}: ")), "{err}");
+    let (_, _, err) = router(&url, &["unpin"]);
+    assert_eq!(err.trim(), "no router model was pinned");
+    let (code, out, _) = train(&url, &["--data", noisy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "accepted: {out}");
+    assert!(!out.contains("pinned "), "{out}");
+
+    // A model without an intent of the active SOPs is pinned with a warning.
+    let fewer = dir.path().join("sops");
+    std::fs::create_dir(&fewer).unwrap();
+    for entry in std::fs::read_dir(support::sops_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.ends_with("exchange-rate.v1.yaml") {
+            std::fs::copy(&path, fewer.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = sopr()
+        .args(["--database", &url, "train"])
+        .env("SOPR_SOPS__DIR", &fewer)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let without = model_of(&out);
+    let (code, _, err) = router(&url, &["pin", &without]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(
+            "warning: the model does not know 2 intent(s) of the active SOPs (exchange_charge, exchange_rate)"
+        ),
+        "{err}"
+    );
 }

@@ -324,7 +324,7 @@ async fn reviewer_labels_reach_the_running_router_without_a_restart() {
     for db in support::databases().await {
         let label = db.label();
         let app = support::spawn_app_on(db, |c| c.routing.learn_from_feedback = true).await;
-        let retrainer = app.retrainer.as_ref().expect("retraining is on by default");
+        let retrainer = &app.retrainer;
         assert_eq!(
             retrainer.run_once().await.unwrap(),
             sopr::retrain::Retrained::Unchanged,
@@ -332,7 +332,7 @@ async fn reviewer_labels_reach_the_running_router_without_a_restart() {
         );
         // A second replica on the same database.
         let replica = sopr::service::build((*app.config).clone()).await.unwrap();
-        let replica_retrainer = replica.retrainer.as_ref().unwrap();
+        let replica_retrainer = &replica.retrainer;
         let before = current(&app).await;
         assert_eq!(before, replica.state.pipeline.classifier().version());
 
@@ -378,17 +378,7 @@ async fn reviewer_labels_reach_the_running_router_without_a_restart() {
         assert_eq!(current(&app).await, version, "{label}");
         assert!(app.store.router_model(&version).await.unwrap().is_some());
         // The next message is routed, and recorded, with the new model.
-        let out = app.message("z9", "my card has not arrived").await;
-        let decision = app
-            .store
-            .decision(
-                app.tenant.id,
-                out["decision_id"].as_str().unwrap().parse().unwrap(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(decision.model_version, version, "{label}");
+        assert_eq!(routed_with(&app, "z9").await, version, "{label}");
         // The replica loads the stored model rather than training it again.
         assert_eq!(
             replica_retrainer.run_once().await.unwrap(),
@@ -486,7 +476,7 @@ async fn an_edited_training_file_is_picked_up_and_a_worse_model_is_not_used_even
         c.routing.training_data = vec![data]
     })
     .await;
-    let retrainer = app.retrainer.as_ref().unwrap();
+    let retrainer = &app.retrainer;
     let before = app.store.router_model(&current(&app).await).await.unwrap();
     assert!(before.is_some());
 
@@ -546,6 +536,136 @@ async fn an_edited_training_file_is_picked_up_and_a_worse_model_is_not_used_even
         app.store.promoted_router_model().await.unwrap().as_deref(),
         Some(model.version())
     );
+}
+
+#[tokio::test]
+async fn every_replica_follows_a_pinned_model_until_it_is_unpinned() {
+    use sopr::retrain::Retrained;
+    for db in support::databases().await {
+        let label = db.label();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra.csv");
+        let mut rows = "text,intent\nwhere is my parcel of cards,card_arrival\n".to_string();
+        std::fs::write(&file, &rows).unwrap();
+        let data = file.clone();
+        // On the demo's 400 examples, one row more or less moves held-out
+        // accuracy by a point or three: this test is not about that check.
+        let app = support::spawn_app_on(db, move |c| {
+            c.routing.training_data = vec![data];
+            c.routing.retrain_max_drop = 0.2;
+        })
+        .await;
+        let first = current(&app).await;
+        rows.push_str("the courier lost my card,card_arrival\n");
+        std::fs::write(&file, &rows).unwrap();
+        let Retrained::Trained(second) = app.retrainer.run_once().await.unwrap() else {
+            panic!("{label}: trains on the new row")
+        };
+        // A replica that never retrains follows pins all the same.
+        let mut config = (*app.config).clone();
+        config.routing.retrain_every_minutes = 0;
+        let replica = sopr::service::build(config.clone()).await.unwrap();
+        assert_eq!(replica.state.pipeline.classifier().version(), second);
+        assert_eq!(app.retrainer.follow_pin().await.unwrap(), None, "{label}");
+
+        // Rolled back: both replicas switch at their next look.
+        assert!(
+            app.store
+                .pin_router_model(&first, chrono::Utc::now())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            app.retrainer.follow_pin().await.unwrap(),
+            Some(Retrained::Pinned(first.clone())),
+            "{label}"
+        );
+        assert_eq!(current(&app).await, first, "{label}");
+        assert_eq!(app.retrainer.follow_pin().await.unwrap(), None);
+        assert_eq!(
+            replica.retrainer.follow_pin().await.unwrap(),
+            Some(Retrained::Pinned(first.clone()))
+        );
+        assert_eq!(replica.state.pipeline.classifier().version(), first);
+        assert_eq!(routed_with(&app, "p1").await, first, "{label}");
+
+        // While pinned, new data trains nothing, at a retrain or a start.
+        rows.push_str("my new card is still not here,card_arrival\n");
+        std::fs::write(&file, &rows).unwrap();
+        let (sops, _) = sopr::sop::SopSet::load(&support::sops_dir()).unwrap();
+        let examples = sopr::service::training_set(app.store.as_ref(), &config, &sops, &[])
+            .await
+            .unwrap();
+        let third = Classifier::version_for(&examples, &sopr::retrain::train_options(&config));
+        assert_eq!(
+            app.retrainer.run_once().await.unwrap(),
+            Retrained::Pinned(first.clone()),
+            "{label}"
+        );
+        let started = sopr::service::build(config.clone()).await.unwrap();
+        assert_eq!(started.state.pipeline.classifier().version(), first);
+        assert!(
+            app.store.router_model(&third).await.unwrap().is_none(),
+            "{label}: nothing trained while pinned"
+        );
+        assert_eq!(current(&app).await, first);
+
+        // Unpinned: back to the model for the data, trained by one replica
+        // and loaded by the other.
+        assert_eq!(
+            app.store.unpin_router_model().await.unwrap().as_deref(),
+            Some(first.as_str())
+        );
+        assert_eq!(
+            app.retrainer.follow_pin().await.unwrap(),
+            Some(Retrained::Trained(third.clone())),
+            "{label}"
+        );
+        assert_eq!(current(&app).await, third);
+        assert_eq!(
+            replica.retrainer.follow_pin().await.unwrap(),
+            Some(Retrained::Loaded(third.clone()))
+        );
+        assert_eq!(replica.retrainer.follow_pin().await.unwrap(), None);
+        assert_eq!(
+            app.store.promoted_router_model().await.unwrap().as_deref(),
+            Some(third.as_str())
+        );
+
+        // A pinned model that no longer loads is ignored, once, not retried.
+        let broken = sopr::store::RouterModelRecord {
+            version: "lr10-000000000000".into(),
+            examples: 1,
+            labels: 1,
+            metrics: serde_json::json!({}),
+            model: b"not a model".to_vec(),
+        };
+        app.store.save_router_model(&broken).await.unwrap();
+        assert!(
+            app.store
+                .pin_router_model(&broken.version, chrono::Utc::now())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            app.retrainer.follow_pin().await.unwrap(),
+            Some(Retrained::Unchanged),
+            "{label}"
+        );
+        assert_eq!(app.retrainer.follow_pin().await.unwrap(), None);
+        assert_eq!(current(&app).await, third);
+        let started = sopr::service::build(config).await.unwrap();
+        assert_eq!(started.state.pipeline.classifier().version(), third);
+    }
+}
+
+/// The router model a message from `customer` is routed with, as its
+/// decision records it.
+async fn routed_with(app: &support::TestApp, customer: &str) -> String {
+    let out = app.message(customer, "my card has not arrived").await;
+    let id = out["decision_id"].as_str().unwrap().parse().unwrap();
+    let decision = app.store.decision(app.tenant.id, id).await.unwrap();
+    decision.unwrap().model_version
 }
 
 /// The router model `app` routes with, as `/readyz` reports it.

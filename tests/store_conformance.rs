@@ -461,6 +461,105 @@ async fn router_models_are_stored_by_version_and_pruned_oldest_first() {
 }
 
 #[tokio::test]
+async fn one_router_model_is_pinned_until_unpinned_and_pruning_keeps_it() {
+    for db in databases().await {
+        let store = store_for(&db).await;
+        let label = db.label();
+        for i in 0..4u8 {
+            store
+                .save_router_model(&RouterModelRecord {
+                    version: format!("v{i}"),
+                    examples: 10,
+                    labels: 2,
+                    metrics: json!({}),
+                    model: vec![i; 10],
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(store.pinned_router_model().await.unwrap(), None, "{label}");
+        assert_eq!(store.unpin_router_model().await.unwrap(), None, "{label}");
+
+        // Pinning a missing model changes nothing.
+        let now = Utc::now();
+        assert!(!store.pin_router_model("nope", now).await.unwrap());
+        assert_eq!(store.pinned_router_model().await.unwrap(), None);
+
+        // A pin counts as a promotion at the same moment.
+        store.promote_router_model("v3", now).await.unwrap();
+        let later = now + Duration::seconds(1);
+        assert!(
+            store.pin_router_model("v0", later).await.unwrap(),
+            "{label}"
+        );
+        assert_eq!(
+            store.pinned_router_model().await.unwrap().as_deref(),
+            Some("v0"),
+            "{label}"
+        );
+        assert_eq!(
+            store.promoted_router_model().await.unwrap().as_deref(),
+            Some("v0"),
+            "{label}"
+        );
+        let listed = store.router_models(10).await.unwrap();
+        let v0 = listed.iter().find(|m| m.version == "v0").unwrap();
+        assert_eq!(v0.pinned_at.map(|t| t.timestamp()), Some(later.timestamp()));
+        assert_eq!(v0.promoted_at, v0.pinned_at);
+        assert!(
+            listed
+                .iter()
+                .filter(|m| m.version != "v0")
+                .all(|m| m.pinned_at.is_none())
+        );
+
+        // Another pin replaces it: one model is pinned at a time.
+        assert!(
+            store
+                .pin_router_model("v1", later + Duration::seconds(1))
+                .await
+                .unwrap()
+        );
+        let pinned: Vec<String> = store
+            .router_models(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|m| m.pinned_at.is_some())
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(pinned, ["v1"], "{label}");
+
+        // Pruning keeps the pinned model, however old; promoted last is v1 too.
+        store
+            .promote_router_model("v3", later + Duration::seconds(2))
+            .await
+            .unwrap();
+        assert_eq!(store.prune_router_models(1).await.unwrap(), 2, "{label}");
+        let left: Vec<String> = store
+            .router_models(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(left, ["v3", "v1"], "{label}");
+
+        // Unpinning names the model it unpinned, which stays promoted.
+        assert_eq!(
+            store.unpin_router_model().await.unwrap().as_deref(),
+            Some("v1"),
+            "{label}"
+        );
+        assert_eq!(store.pinned_router_model().await.unwrap(), None);
+        assert_eq!(store.unpin_router_model().await.unwrap(), None);
+        let v1 = store.router_models(10).await.unwrap().remove(1);
+        assert!(v1.promoted_at.is_some() && v1.pinned_at.is_none());
+    }
+}
+
+#[tokio::test]
 async fn a_lease_has_one_holder_until_it_lapses_or_is_released() {
     for db in databases().await {
         let store = store_for(&db).await;

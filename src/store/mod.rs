@@ -313,6 +313,8 @@ pub struct RouterModelSummary {
     pub created_at: DateTime<Utc>,
     /// When it was last promoted (see `Store::promote_router_model`).
     pub promoted_at: Option<DateTime<Utc>>,
+    /// When it was pinned, while it is (see `Store::pin_router_model`).
+    pub pinned_at: Option<DateTime<Utc>>,
 }
 
 /// Everything one inbound message writes, committed in one transaction.
@@ -641,14 +643,22 @@ pub trait Store: Send + Sync + 'static {
     async fn router_model(&self, version: &str) -> Result<Option<Vec<u8>>>;
     /// Stores a trained model; saving a version that exists keeps the first.
     async fn save_router_model(&self, model: &RouterModelRecord) -> Result<()>;
-    /// Deletes all but the `keep` most recently stored models and the latest
-    /// promoted one; returns how many went.
+    /// Deletes all but the `keep` most recently stored models, the latest
+    /// promoted one and the pinned one; returns how many went.
     async fn prune_router_models(&self, keep: i64) -> Result<u64>;
     /// Records that replicas route with `version` from `at` on (it passed the
     /// "not worse" check, or it is the first). False when no such model is stored.
     async fn promote_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool>;
     /// The version most recently promoted, if any.
     async fn promoted_router_model(&self) -> Result<Option<String>>;
+    /// Pins `version` from `at` on, in place of any pinned before: replicas
+    /// route with it whatever their training data asks for, and it counts as
+    /// promoted at `at`. False (and nothing changes) when no such model is stored.
+    async fn pin_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// Lifts the pin; returns the version that was pinned, if one was.
+    async fn unpin_router_model(&self) -> Result<Option<String>>;
+    /// The pinned version, if one is.
+    async fn pinned_router_model(&self) -> Result<Option<String>>;
     /// The `limit` most recently stored models, newest first, without weights.
     async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>>;
 

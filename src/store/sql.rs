@@ -547,7 +547,8 @@ macro_rules! impl_store {
                     "DELETE FROM router_models WHERE version NOT IN \
                      (SELECT version FROM router_models ORDER BY created_at DESC, version LIMIT $1) \
                      AND version NOT IN (SELECT version FROM router_models WHERE promoted_at IS NOT NULL \
-                     ORDER BY promoted_at DESC, version LIMIT 1)",
+                     ORDER BY promoted_at DESC, version LIMIT 1) \
+                     AND pinned_at IS NULL",
                 )
                 .bind(keep)
                 .execute(&self.pool)
@@ -575,9 +576,48 @@ macro_rules! impl_store {
                 Ok(row.map(|r| r.0))
             }
 
+            async fn pin_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let found = sqlx::query("UPDATE router_models SET pinned_at = $2, promoted_at = $2 WHERE version = $1")
+                    .bind(version)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if !found {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE router_models SET pinned_at = NULL WHERE pinned_at IS NOT NULL AND version <> $1")
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn unpin_router_model(&self) -> Result<Option<String>> {
+                let unpinned: Vec<(String,)> = sqlx::query_as(
+                    "UPDATE router_models SET pinned_at = NULL WHERE pinned_at IS NOT NULL RETURNING version",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(unpinned.into_iter().next().map(|r| r.0))
+            }
+
+            async fn pinned_router_model(&self) -> Result<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT version FROM router_models WHERE pinned_at IS NOT NULL \
+                     ORDER BY pinned_at DESC, version LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|r| r.0))
+            }
+
             async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>> {
                 Ok(sqlx::query_as::<_, RouterModelSummary>(
-                    "SELECT version, examples, labels, metrics, created_at, promoted_at FROM router_models \
+                    "SELECT version, examples, labels, metrics, created_at, promoted_at, pinned_at FROM router_models \
                      ORDER BY created_at DESC, version LIMIT $1",
                 )
                 .bind(limit)

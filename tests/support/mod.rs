@@ -163,8 +163,8 @@ pub struct TestApp {
     pub tenant: Tenant,
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
-    /// The service's retrainer, not running: tests call `run_once`.
-    pub retrainer: Option<sopr::retrain::Retrainer>,
+    /// The service's retrainer, not running: tests call `run_once` and `follow_pin`.
+    pub retrainer: sopr::retrain::Retrainer,
     pub db: TestDb,
 }
 

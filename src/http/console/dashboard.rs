@@ -268,14 +268,22 @@ fn router_view(
     now: DateTime<Utc>,
 ) -> serde_json::Value {
     let routing = &config.routing;
-    let schedule = match routing.retrain_every_minutes {
-        0 => "Its training data is read only at start (routing.retrain_every_minutes = 0)."
-            .to_string(),
-        m => format!(
-            "Every {} it reads its training data again; when the data changed it switches to the new model, unless that one is more than {:.0} points worse on held-out data (routing.retrain_max_drop).",
-            format_duration_secs(i64::from(m) * 60),
-            100.0 * routing.retrain_max_drop
+    let pinned = stored.iter().find(|m| m.pinned_at.is_some());
+    let schedule = match (pinned, routing.retrain_every_minutes) {
+        (Some(m), _) => format!(
+            "An operator pinned {} {} (sopr router pin): replicas route with it and do not retrain until it is unpinned.",
+            m.version,
+            m.pinned_at.map_or_else(String::new, |at| ago(at, now))
         ),
+        (None, m) => match m {
+            0 => "Its training data is read only at start (routing.retrain_every_minutes = 0)."
+                .to_string(),
+            m => format!(
+                "Every {} it reads its training data again; when the data changed it switches to the new model, unless that one is more than {:.0} points worse on held-out data (routing.retrain_max_drop).",
+                format_duration_secs(i64::from(m) * 60),
+                100.0 * routing.retrain_max_drop
+            ),
+        },
     };
     let feedback = if routing.learn_from_feedback {
         "Reviewers' intent labels are part of that data."
@@ -297,6 +305,7 @@ fn router_view(
                 "stored_at": m.created_at.to_rfc3339(),
                 "stored_ago": ago(m.created_at, now),
                 "promoted_ago": m.promoted_at.map(|at| ago(at, now)),
+                "pinned": m.pinned_at.is_some(),
                 "examples": m.examples,
                 "intents": m.labels,
                 "training": train_ms.map_or_else(|| "–".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
@@ -410,6 +419,7 @@ mod tests {
             metrics: sqlx::types::Json(metrics),
             created_at: now - Duration::minutes(5),
             promoted_at: (version != "lr10-older").then(|| now - Duration::minutes(3)),
+            pinned_at: None,
         };
         let models = [
             stored(
@@ -444,6 +454,17 @@ mod tests {
         assert_eq!(
             view["feedback"],
             "Reviewers' intent labels are part of that data."
+        );
+        assert_eq!(view["models"][1]["pinned"], false);
+
+        // A pin says so, whatever the schedule.
+        let mut models = models;
+        models[1].pinned_at = Some(now - Duration::minutes(2));
+        let view = router_view(&model, &models, &config, now);
+        assert_eq!(view["models"][1]["pinned"], true);
+        assert_eq!(
+            view["schedule"],
+            "An operator pinned lr10-older 2 min ago (sopr router pin): replicas route with it and do not retrain until it is unpinned."
         );
     }
 
