@@ -286,9 +286,9 @@ fn router_view(
         },
     };
     let feedback = if routing.learn_from_feedback {
-        "Reviewers' intent labels are part of that data."
+        "Reviewers' intent labels are part of its training data."
     } else {
-        "Reviewers' intent labels are not (routing.learn_from_feedback is off)."
+        "Reviewers' intent labels are not part of its training data (routing.learn_from_feedback is off)."
     };
     let models: Vec<_> = stored
         .iter()
@@ -453,7 +453,7 @@ mod tests {
         assert!(view["schedule"].as_str().unwrap().contains("only at start"));
         assert_eq!(
             view["feedback"],
-            "Reviewers' intent labels are part of that data."
+            "Reviewers' intent labels are part of its training data."
         );
         assert_eq!(view["models"][1]["pinned"], false);
 
