@@ -1384,17 +1384,49 @@ fn cross_fitted_scores(
 ) -> Vec<Held> {
     let k = options.calibration_folds;
     let folds = stratified_folds(examples, k, options.seed ^ 0x5eed);
-    let mut rows = Vec::with_capacity(examples.len());
-    for fold in 0..k {
+    let score_fold = |fold: usize| -> Vec<Held> {
         let (fit, held) = fold_split(examples, &folds, fold);
         let report = |epoch: usize, epochs: usize| progress(fold * epochs + epoch, k * epochs);
         // A fold whose training part has a single intent cannot be fitted;
         // its examples go unscored.
-        if let Ok(inner) = Classifier::fit_examples(&fit, options, &report) {
-            rows.extend(inner.scores_of(&held));
-        }
-    }
-    rows
+        Classifier::fit_examples(&fit, options, &report)
+            .map(|inner| inner.scores_of(&held))
+            .unwrap_or_default()
+    };
+    // The folds are independent fits: with more than one thread they run
+    // side by side, `threads` at a time, each worker over a fixed set of
+    // folds, and the scores are gathered in fold order, so the result does
+    // not depend on the threads. (Beside the final fit, which trains at the
+    // same time. `sopr train` on two cores: the demo SOPs plus 1,079 or
+    // 3,078 Banking77 rows, 2.1 s instead of 2.6 and 4.7 s instead of 5.8.)
+    let workers = options.thread_count().min(k).max(1);
+    let per_fold: Vec<Vec<Held>> = if workers == 1 {
+        (0..k).map(score_fold).collect()
+    } else {
+        let mut per_fold: Vec<(usize, Vec<Held>)> = std::thread::scope(|scope| {
+            let score_fold = &score_fold;
+            let handles: Vec<_> = (0..workers)
+                .map(|worker| {
+                    scope.spawn(move || {
+                        (worker..k)
+                            .step_by(workers)
+                            .map(|fold| (fold, score_fold(fold)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        per_fold.sort_by_key(|(fold, _)| *fold);
+        per_fold.into_iter().map(|(_, rows)| rows).collect()
+    };
+    per_fold.into_iter().flatten().collect()
 }
 
 /// Fits the temperature (and threshold) on scores of examples the scoring
