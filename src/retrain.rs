@@ -443,6 +443,10 @@ pub struct Retrainer {
     /// The pinned version this replica routes with, while it does: when the
     /// pin is lifted, [`Retrainer::follow_pin`] goes back to the data's model.
     following_pin: std::sync::Mutex<Option<String>>,
+    /// The last refusal, `(candidate, current, reason)`: while the data asks
+    /// for that model and the same one routes, it is refused again without
+    /// loading it (a model is megabytes).
+    refused: std::sync::Mutex<Option<(String, String, String)>>,
 }
 
 impl Retrainer {
@@ -459,6 +463,7 @@ impl Retrainer {
             pipeline,
             holder: holder(),
             following_pin: std::sync::Mutex::new(None),
+            refused: std::sync::Mutex::new(None),
         }
     }
 
@@ -526,6 +531,12 @@ impl Retrainer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn last_refusal(&self) -> std::sync::MutexGuard<'_, Option<(String, String, String)>> {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Routes with the pinned model if one is pinned ([`Retrained::Pinned`]);
     /// otherwise reads the training data once and, when it asks for another
     /// model version than the one in use, loads or trains that model and
@@ -581,6 +592,18 @@ impl Retrainer {
         let current = self.pipeline.classifier();
         if current.version() == version {
             return Ok(Retrained::Unchanged);
+        }
+        let refused = self.last_refusal().clone();
+        if let Some((_, _, reason)) = refused
+            .filter(|(candidate, from, _)| *candidate == version && from == current.version())
+        {
+            tracing::warn!(
+                current = current.version(),
+                rejected = %version,
+                reason,
+                "the router's training data still asks for a model worse than the current one beyond routing.retrain_max_drop; check the training data and reviewer labels"
+            );
+            return Ok(Retrained::Rejected { version, reason });
         }
         if let Some(model) = load_stored(self.store.as_ref(), &version).await? {
             return Ok(self
@@ -655,6 +678,11 @@ impl Retrainer {
                 reason,
                 "retrained router model not used: worse than the current one beyond routing.retrain_max_drop; check the training data and reviewer labels"
             );
+            *self.last_refusal() = Some((
+                model.version().to_string(),
+                current.version().to_string(),
+                reason.clone(),
+            ));
             return Retrained::Rejected {
                 version: model.version().to_string(),
                 reason,
