@@ -750,6 +750,12 @@ impl Pipeline {
         };
         self.store.record_exchange(&exchange).await?;
         metrics::counter!("sopr_messages_total", "outcome" => outcome).increment(1);
+        // The router's confidence on live traffic, and why messages go to
+        // people: a drift in either shows before reviewers feel it.
+        metrics::histogram!("sopr_router_confidence").record(confidence);
+        for reason in &response.reasons {
+            metrics::counter!("sopr_review_reasons_total", "reason" => reason.clone()).increment(1);
+        }
         tracing::info!(
             tenant = %tenant.name,
             conversation = %conversation_id,

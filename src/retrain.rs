@@ -297,6 +297,7 @@ pub async fn model_at_start(
     examples: &[(String, String)],
 ) -> anyhow::Result<Classifier> {
     if let Some(model) = pinned_model(store.as_ref()).await? {
+        report_pinned(true);
         tracing::info!(
             model = model.version(),
             "routing with the pinned router model; retraining waits for `sopr router unpin`"
@@ -317,6 +318,7 @@ pub async fn model_at_start(
         return Ok(*promoted);
     }
     record_promotion(store.as_ref(), model.version()).await;
+    report_pinned(false);
     Ok(model)
 }
 
@@ -519,6 +521,7 @@ impl Retrainer {
             Some(_) => self.run_once().await.map(Some),
             None if followed.is_some() => {
                 *self.following() = None;
+                report_pinned(false);
                 self.run_once().await.map(Some)
             }
             None => Ok(None),
@@ -580,6 +583,7 @@ impl Retrainer {
             );
             self.pipeline.replace_classifier(Arc::new(model));
         }
+        report_pinned(true);
         Ok(Some(Retrained::Pinned(version)))
     }
 
@@ -698,6 +702,12 @@ impl Retrainer {
         self.pipeline.replace_classifier(Arc::new(model));
         outcome
     }
+}
+
+/// `sopr_router_pinned`: 1 while this replica routes with a pinned model, so
+/// a pin left in place shows on a dashboard (and can alert).
+fn report_pinned(pinned: bool) {
+    metrics::gauge!("sopr_router_pinned").set(if pinned { 1.0 } else { 0.0 });
 }
 
 /// Logs and counts a failed retrain (or pin check).

@@ -140,6 +140,17 @@ async fn asking_for_a_human_is_always_honoured() {
             .unwrap()
             .contains(&json!("human_requested"))
     );
+    // Operators see why messages go to people, and the router's confidence.
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"sopr_review_reasons_total{reason="flag:human_requested"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sopr_router_confidence_bucket{le="0.99"}"#)
+            && metrics.contains("sopr_router_confidence_count"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -207,48 +206,25 @@ fn every_command_explains_itself() {
     );
 }
 
+/// `serve` on `url` with the demo SOPs, once it listens.
+fn serve(url: &str) -> support::Serve {
+    let sops = concat!(env!("CARGO_MANIFEST_DIR"), "/sops");
+    let mut command = sopr();
+    command.args([
+        "--database",
+        url,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--sops",
+        sops,
+    ]);
+    support::Serve::start(command)
+}
+
 /// Starts `serve`, returns the key it printed (if any) once it is listening, then stops it.
 fn serve_once(url: &str) -> Option<String> {
-    let sops = concat!(env!("CARGO_MANIFEST_DIR"), "/sops");
-    let mut child = sopr()
-        .args([
-            "--database",
-            url,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--sops",
-            sops,
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut key = None;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("serve starts");
-        if let Some(k) = line.trim().strip_prefix("sopr_") {
-            key = Some(format!("sopr_{k}"));
-        }
-        if line.contains("sopr listening") {
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    key
+    serve(url).key.clone()
 }
 
 #[test]
@@ -799,5 +775,71 @@ async fn train_and_router_pin_say_what_serve_routes_with() {
             "warning: the model does not know 2 intent(s) of the active SOPs (exchange_charge, exchange_rate)"
         ),
         "{err}"
+    );
+}
+
+/// The router model `serve` at `addr` routes with, and its `/metrics`.
+async fn routing(client: &reqwest::Client, addr: &str) -> (String, String) {
+    let ready = support::get_text(client, &format!("http://{addr}/readyz")).await;
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    let metrics = support::get_text(client, &format!("http://{addr}/metrics")).await;
+    (ready["router_model"].as_str().unwrap().to_string(), metrics)
+}
+
+/// Waits (up to a minute) until `serve` at `addr` routes with `version`;
+/// returns its `/metrics` then.
+async fn until_routing(client: &reqwest::Client, addr: &str, version: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (now, metrics) = routing(client, addr).await;
+        if now == version {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still routing with {now}, not {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_running_serve_follows_a_pin_and_its_lifting() {
+    let (dir, url) = temp_db();
+    let (_, out, _) = train(&url, &[]);
+    let demo = model_of(&out);
+    let extra = dir.path().join("extra.csv");
+    std::fs::write(
+        &extra,
+        "text,intent\nwhere is my parcel of cards,card_arrival\n",
+    )
+    .unwrap();
+    let (_, out, _) = train(&url, &["--data", extra.to_str().unwrap()]);
+    let other = model_of(&out);
+    assert_ne!(demo, other);
+
+    let serve = serve(&url);
+    sopr::llm::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let (now, metrics) = routing(&client, &serve.addr).await;
+    assert_eq!(now, demo, "the model for its data");
+    assert!(metrics.contains("sopr_router_pinned 0"), "{metrics}");
+
+    let (code, _, err) = router(&url, &["pin", &other]);
+    assert_eq!(code, Some(0), "{err}");
+    let metrics = until_routing(&client, &serve.addr, &other).await;
+    assert!(metrics.contains("sopr_router_pinned 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"sopr_router_retrains_total{outcome="pinned"} 1"#),
+        "{metrics}"
+    );
+
+    let (code, _, err) = router(&url, &["unpin"]);
+    assert_eq!(code, Some(0), "{err}");
+    let metrics = until_routing(&client, &serve.addr, &demo).await;
+    assert!(metrics.contains("sopr_router_pinned 0"), "{metrics}");
+    assert!(
+        metrics.contains(r#"sopr_router_retrains_total{outcome="loaded"} 1"#),
+        "{metrics}"
     );
 }

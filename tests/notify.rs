@@ -332,50 +332,15 @@ async fn email_waits_for_an_smtp_server_that_is_down_then_goes_out_once() {
     assert_eq!(outbox_of(&app, "delivered", 1).await.len(), 1);
 }
 
-/// `sopr serve` as a child process with this config file; returns it with
-/// its address and the demo API key it printed (first start only).
-async fn start_serve(config: &std::path::Path) -> (std::process::Child, String, Option<String>) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sopr"))
+/// `sopr serve` as a child process with this config file, once it listens.
+fn start_serve(config: &std::path::Path) -> support::Serve {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sopr"));
+    command
         .arg("--config")
         .arg(config)
         .arg("serve")
-        .env(SECRET_ENV, SECRET)
-        .env("SOPR_LOG_FORMAT", "json")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start sopr serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut key = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let Ok(line) =
-            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-        else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("sopr serve did not start");
-        };
-        if let Some(k) = line.trim().strip_prefix("sopr_") {
-            key = Some(format!("sopr_{k}"));
-        }
-        if line.contains("sopr listening") {
-            let listen: Value = serde_json::from_str(&line).unwrap();
-            let addr = listen["fields"]["listen"].as_str().unwrap().to_string();
-            // Keep draining stderr so the child never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (child, addr, key);
-        }
-    }
+        .env(SECRET_ENV, SECRET);
+    support::Serve::start(command)
 }
 
 #[tokio::test]
@@ -403,8 +368,8 @@ async fn a_delivery_cut_short_by_a_crash_goes_out_after_restart_under_the_same_i
         ),
     )
     .unwrap();
-    let (mut first, addr, key) = start_serve(&config).await;
-    let key = key.expect("the demo key");
+    let mut first = start_serve(&config);
+    let (addr, key) = (first.addr.clone(), first.key.clone().expect("the demo key"));
     let client = reqwest::Client::new();
     let out: Value = client
         .post(format!("http://{addr}/v1/messages"))
@@ -418,14 +383,13 @@ async fn a_delivery_cut_short_by_a_crash_goes_out_after_restart_under_the_same_i
         .unwrap();
     assert_eq!(out["outcome"], "answered", "{out}");
     assert_eq!(receiver.wait_for(1).await.len(), 1, "delivery started");
-    first.kill().expect("SIGKILL");
-    first.wait().unwrap();
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().unwrap();
 
     receiver.answer(Answer::Ok);
-    let (mut second, _, _) = start_serve(&config).await;
+    let second = start_serve(&config);
     let got = receiver.wait_for(2).await;
-    let _ = second.kill();
-    let _ = second.wait();
+    drop(second);
     assert_eq!(got.len(), 2, "retried after the restart");
     assert_eq!(got[0].headers["webhook-id"], got[1].headers["webhook-id"]);
     assert_eq!(

@@ -308,3 +308,85 @@ pub fn llm_provider(server: &llm_server::LlmServer) -> sopr::config::ProviderCon
         output_mode: sopr::config::OutputMode::JsonSchema,
     }
 }
+
+/// A `sopr serve` child process, started from a command whose arguments and
+/// environment the caller set; killed when dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    /// Where it listens, `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The demo tenant's key, when this start created it.
+    pub key: Option<String>,
+}
+
+impl Serve {
+    /// Spawns `command` and waits (up to two minutes) until it listens. Its
+    /// log is read to the end, so it never blocks on a full pipe nor fails
+    /// writing to a closed one; the lines after it listens are printed, for
+    /// a failing test's output.
+    pub fn start(mut command: std::process::Command) -> Serve {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start sopr serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut listening = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if listening {
+                    println!("serve: {line}");
+                } else {
+                    listening = line.contains("sopr listening");
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let mut key = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let Ok(line) =
+                rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("sopr serve did not start");
+            };
+            if let Some(k) = line.trim().strip_prefix("sopr_") {
+                key = Some(format!("sopr_{k}"));
+            }
+            if line.contains("sopr listening") {
+                let addr = listen_address(&line);
+                return Serve { child, addr, key };
+            }
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in serve's "sopr listening" line, JSON or text.
+fn listen_address(line: &str) -> String {
+    if let Ok(json) = serde_json::from_str::<Value>(line)
+        && let Some(addr) = json["fields"]["listen"].as_str()
+    {
+        return addr.to_string();
+    }
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .unwrap_or_else(|| panic!("no address in {line}"))
+        .to_string()
+}
+
+/// GETs `url` and returns the body as text.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    let response = client.get(url).send().await.expect("request");
+    response.text().await.expect("body")
+}
