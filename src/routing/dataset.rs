@@ -58,6 +58,7 @@ pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
             ),
         })?;
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(csv_err)?;
         let (Some(text), Some(label)) = (record.get(text_col), record.get(label_col)) else {
@@ -68,9 +69,20 @@ pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
         };
         let (text, label) = (text.trim(), label.trim());
         if text.is_empty() || label.is_empty() {
+            skipped.push(i + 2);
             continue;
         }
         out.push((label.to_string(), text.to_string()));
+    }
+    if let Some(first) = skipped.first() {
+        // Not an error: exports often carry a few blank rows. But a file
+        // that loses rows silently hides a broken export.
+        tracing::warn!(
+            file = %shown,
+            skipped = skipped.len(),
+            first_row = first,
+            "rows without a text or an intent are not used"
+        );
     }
     if out.is_empty() {
         return Err(DatasetError::Invalid {
