@@ -479,12 +479,22 @@ impl Retrainer {
             m => Some(Duration::from_secs(60 * u64::from(m))),
         };
         let mut next_retrain = every.map(|every| Instant::now() + every);
+        // A database outage fails every look for a pin: say so once.
+        let mut pin_checks_fail = false;
         loop {
             let until_retrain =
                 next_retrain.map_or(PIN_POLL, |at| at.saturating_duration_since(Instant::now()));
             tokio::time::sleep(until_retrain.min(PIN_POLL)).await;
-            if let Err(err) = self.follow_pin().await {
-                failed(&err);
+            match self.follow_pin().await {
+                Err(err) if !pin_checks_fail => {
+                    pin_checks_fail = true;
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "cannot look for a pinned router model; the current model stays in use"
+                    );
+                }
+                Err(_) => {}
+                Ok(_) => pin_checks_fail = false,
             }
             let (Some(every), Some(at)) = (every, next_retrain) else {
                 continue;
@@ -508,6 +518,8 @@ impl Retrainer {
     /// newly pinned model, and once the pin this replica followed is lifted,
     /// goes back to the model for the training data ([`Retrainer::run_once`]),
     /// which must not be worse than the pinned one. `None`: nothing changed.
+    /// An error (the database, or training after the pin is lifted) changes
+    /// nothing, and the next look tries again.
     pub async fn follow_pin(&self) -> anyhow::Result<Option<Retrained>> {
         let pinned = self.store.pinned_router_model().await?;
         let followed = self.following().clone();
@@ -520,9 +532,11 @@ impl Retrainer {
             Some(version) if followed.as_deref() == Some(version.as_str()) => Ok(None),
             Some(_) => self.run_once().await.map(Some),
             None if followed.is_some() => {
+                // Until it succeeds, the next look tries again.
+                let outcome = self.run_once().await?;
                 *self.following() = None;
                 report_pinned(false);
-                self.run_once().await.map(Some)
+                Ok(Some(outcome))
             }
             None => Ok(None),
         }

@@ -611,11 +611,17 @@ async fn every_replica_follows_a_pinned_model_until_it_is_unpinned() {
         assert_eq!(current(&app).await, first);
 
         // Unpinned: back to the model for the data, trained by one replica
-        // and loaded by the other.
+        // and loaded by the other. A failure (here, a file that no longer
+        // reads) keeps the pinned model until the next look succeeds.
+        std::fs::write(&file, "words,nothing\nno columns sopr knows,x\n").unwrap();
         assert_eq!(
             app.store.unpin_router_model().await.unwrap().as_deref(),
             Some(first.as_str())
         );
+        let err = app.retrainer.follow_pin().await.unwrap_err();
+        assert!(format!("{err:#}").contains("extra.csv"), "{err:#}");
+        assert_eq!(current(&app).await, first, "{label}");
+        std::fs::write(&file, &rows).unwrap();
         assert_eq!(
             app.retrainer.follow_pin().await.unwrap(),
             Some(Retrained::Trained(third.clone())),
