@@ -471,8 +471,9 @@ impl Retrainer {
 
     /// Every [`PIN_POLL`], [`Retrainer::follow_pin`]; every
     /// `routing.retrain_every_minutes` (unless 0), [`Retrainer::run_once`],
-    /// and after `Busy` sooner. Errors are logged and counted; the model in
-    /// use stays.
+    /// and after `Busy` sooner. A failed retrain is logged and counted; a
+    /// failing look for a pin is warned about once until one succeeds. The
+    /// model in use stays either way.
     pub async fn run(self) {
         let every = match self.config.routing.retrain_every_minutes {
             0 => None,
@@ -724,7 +725,7 @@ fn report_pinned(pinned: bool) {
     metrics::gauge!("sopr_router_pinned").set(if pinned { 1.0 } else { 0.0 });
 }
 
-/// Logs and counts a failed retrain (or pin check).
+/// Logs and counts a failed retrain.
 fn failed(err: &anyhow::Error) {
     metrics::counter!("sopr_router_retrains_total", "outcome" => "failed").increment(1);
     tracing::error!(
