@@ -859,6 +859,23 @@ fn eval(
                 }
             }
             println!("latency           p50 {p50:.1}µs  p99 {p99:.1}µs");
+            let weakest: Vec<_> = r
+                .intents
+                .iter()
+                .take(WEAKEST_INTENTS)
+                .filter(|i| i.f1 < 1.0)
+                .collect();
+            if !weakest.is_empty() {
+                println!(
+                    "weakest intents   (F1, precision, recall, share answered, test rows; all with --format json)"
+                );
+                for i in weakest {
+                    println!(
+                        "  {}: {:.3}, {:.3}, {:.3}, {:.3}, {}",
+                        i.intent, i.f1, i.precision, i.recall, i.answered, i.support
+                    );
+                }
+            }
             if !r.confused.is_empty() {
                 println!("most confused     (true -> predicted: errors, of which answered)");
                 for c in &r.confused {
@@ -872,6 +889,9 @@ fn eval(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Intents listed under "weakest intents" in `sopr eval`'s text report.
+const WEAKEST_INTENTS: usize = 10;
 
 /// The model and calibration lines of one `sopr eval` run.
 fn print_eval_run(run: &EvalRun, target_accuracy: f64) {

@@ -356,6 +356,18 @@ fn eval_measures_a_split_and_cross_validates_a_file() {
     assert_eq!(v["examples"], 120, "{v}");
     let accuracy = v["accuracy"].as_f64().unwrap();
     assert!(accuracy > 0.5, "card_arrival, exchange_rate: {v}");
+    // Each in-scope intent's scores, weakest first.
+    let intents = v["intents"].as_array().unwrap();
+    let names: std::collections::BTreeSet<&str> = intents
+        .iter()
+        .map(|i| i["intent"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["card_arrival", "exchange_rate"].into(), "{v}");
+    assert!(
+        intents[0]["f1"].as_f64() <= intents[1]["f1"].as_f64(),
+        "{v}"
+    );
+    assert_eq!(intents[0]["support"], 30, "{v}");
     // Routed to the right SOP at least as often as to the right intent.
     assert!(v["sop_accuracy"].as_f64().unwrap() >= accuracy, "{v}");
     let (ok, out, err) = eval(&["--sops", sops, "--test", csv]);

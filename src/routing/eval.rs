@@ -45,6 +45,24 @@ pub struct Report {
     /// The intent pairs mistaken most often (in-scope rows), most frequent
     /// first: where SOP authors should add examples or merge intents.
     pub confused: Vec<Confusion>,
+    /// Every intent of the in-scope test rows, weakest (lowest F1) first.
+    pub intents: Vec<IntentScore>,
+}
+
+/// How one intent fares: `macro_f1` is the mean of their `f1`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IntentScore {
+    pub intent: String,
+    /// Test rows labelled with it.
+    pub support: usize,
+    /// Share of the rows routed to it that were labelled with it (0 when
+    /// none were routed to it).
+    pub precision: f64,
+    /// Share of its rows routed to it.
+    pub recall: f64,
+    pub f1: f64,
+    /// Share of its rows the router answered (did not abstain on).
+    pub answered: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -167,12 +185,13 @@ pub fn report(scored: &[Scored]) -> Report {
     // Stable: equal counts stay in name order.
     confused.sort_by_key(|c| std::cmp::Reverse(c.count));
     confused.truncate(CONFUSED_PAIRS);
+    let intents = intent_scores(&in_scope);
 
     Report {
         examples: scored.len(),
         in_scope_examples: in_scope.len(),
         accuracy,
-        macro_f1: macro_f1(&in_scope),
+        macro_f1: macro_f1(&intents),
         ece: ece(in_scope.iter().map(|s| (s.confidence, correct(s)))),
         coverage_at_accuracy,
         accuracy_at_coverage,
@@ -180,6 +199,7 @@ pub fn report(scored: &[Scored]) -> Report {
         auto_accuracy,
         out_of_scope,
         confused,
+        intents,
     }
 }
 
@@ -217,38 +237,54 @@ fn auroc(low: &[f64], high: &[f64]) -> f64 {
     wins / (low.len() as f64 * high.len() as f64)
 }
 
-fn macro_f1(scored: &[&Scored]) -> f64 {
-    let mut tp: BTreeMap<&str, f64> = BTreeMap::new();
-    let mut fp: BTreeMap<&str, f64> = BTreeMap::new();
-    let mut fn_: BTreeMap<&str, f64> = BTreeMap::new();
+/// Precision, recall and F1 of every intent with in-scope test rows,
+/// weakest first (ties in name order).
+fn intent_scores(scored: &[&Scored]) -> Vec<IntentScore> {
+    #[derive(Default)]
+    struct Counts {
+        support: usize,
+        right: usize,
+        answered: usize,
+    }
+    let mut counts: BTreeMap<&str, Counts> = BTreeMap::new();
+    let mut routed: BTreeMap<&str, usize> = BTreeMap::new();
     for s in scored {
-        if s.label == s.predicted {
-            *tp.entry(&s.label).or_default() += 1.0;
-        } else {
-            *fp.entry(&s.predicted).or_default() += 1.0;
-            *fn_.entry(&s.label).or_default() += 1.0;
-        }
+        let own = counts.entry(&s.label).or_default();
+        own.support += 1;
+        own.answered += usize::from(!s.abstained);
+        own.right += usize::from(correct(s));
+        *routed.entry(&s.predicted).or_default() += 1;
     }
-    let labels: std::collections::BTreeSet<&str> =
-        scored.iter().map(|s| s.label.as_str()).collect();
-    if labels.is_empty() {
-        return 0.0;
-    }
-    let sum: f64 = labels
-        .iter()
-        .map(|l| {
-            let t = tp.get(l).copied().unwrap_or(0.0);
-            let p = t + fp.get(l).copied().unwrap_or(0.0);
-            let r = t + fn_.get(l).copied().unwrap_or(0.0);
-            if p == 0.0 || r == 0.0 || t == 0.0 {
+    let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let mut scores: Vec<IntentScore> = counts
+        .into_iter()
+        .map(|(intent, c)| {
+            let precision = ratio(c.right, routed.get(intent).copied().unwrap_or(0));
+            let recall = ratio(c.right, c.support);
+            let f1 = if c.right == 0 {
                 0.0
             } else {
-                let (precision, recall) = (t / p, t / r);
                 2.0 * precision * recall / (precision + recall)
+            };
+            IntentScore {
+                intent: intent.to_string(),
+                support: c.support,
+                precision,
+                recall,
+                f1,
+                answered: ratio(c.answered, c.support),
             }
         })
-        .sum();
-    sum / labels.len() as f64
+        .collect();
+    scores.sort_by(|a, b| a.f1.total_cmp(&b.f1));
+    scores
+}
+
+fn macro_f1(intents: &[IntentScore]) -> f64 {
+    if intents.is_empty() {
+        return 0.0;
+    }
+    intents.iter().map(|i| i.f1).sum::<f64>() / intents.len() as f64
 }
 
 /// Expected calibration error over `(confidence, correct)` pairs, 15 bins.
@@ -316,6 +352,26 @@ mod tests {
         assert_eq!(oos.auroc, 1.0);
         // F1: a = 2*(2/3*1)/(2/3+1) = 0.8, b = 2*(1*0.5)/1.5 = 0.667
         assert!((r.macro_f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-9);
+        // Per intent, weakest first; the oos row (routed to a) is not an
+        // intent of its own and does not count against a's precision.
+        let intents: Vec<(&str, usize, f64, f64, f64)> = r
+            .intents
+            .iter()
+            .map(|i| {
+                (
+                    i.intent.as_str(),
+                    i.support,
+                    i.precision,
+                    i.recall,
+                    i.answered,
+                )
+            })
+            .collect();
+        assert_eq!(
+            intents,
+            [("b", 2, 1.0, 0.5, 0.5), ("a", 2, 2.0 / 3.0, 1.0, 1.0)]
+        );
+        assert!((r.intents[0].f1 - 2.0 / 3.0).abs() < 1e-9);
         // The oos row is not a confusion between intents.
         assert_eq!(
             r.confused,
