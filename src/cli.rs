@@ -199,6 +199,10 @@ pub enum RouterCommand {
         /// Model version as `sopr router list` shows it, or a unique start of it (with or
         /// without the `lr10-` kind)
         version: String,
+        /// Why, for the other operators and reviewers: shown by `router list` and on the
+        /// console's dashboard
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Lift the pin: replicas go back to the model for their training data.
     ///
@@ -1057,7 +1061,10 @@ async fn router(config: Config, command: RouterCommand) -> anyhow::Result<ExitCo
             let promoted = store.promoted_router_model().await?;
             print_router_models(&models, promoted.as_deref(), format)?;
         }
-        RouterCommand::Pin { version } => {
+        RouterCommand::Pin { version, reason } => {
+            let reason = reason
+                .map(|r| r.trim().to_string())
+                .filter(|r| !r.is_empty());
             let models = store.router_models(ROUTER_MODELS_LISTED).await?;
             let version = match_version(&models, &version)?;
             let bytes = store
@@ -1069,7 +1076,9 @@ async fn router(config: Config, command: RouterCommand) -> anyhow::Result<ExitCo
             })?;
             warn_missing_intents(&config, &model);
             anyhow::ensure!(
-                store.pin_router_model(&version, chrono::Utc::now()).await?,
+                store
+                    .pin_router_model(&version, chrono::Utc::now(), reason.as_deref())
+                    .await?,
                 "router model {version} is no longer stored"
             );
             println!("{version}");
@@ -1183,6 +1192,7 @@ fn print_router_models(
                         "promoted_at": m.promoted_at,
                         "promoted_last": promoted == Some(m.version.as_str()),
                         "pinned_at": m.pinned_at,
+                        "pin_reason": m.pin_reason,
                     })
                 })
                 .collect();
@@ -1208,7 +1218,10 @@ fn print_router_models(
                 };
                 let mut state = Vec::new();
                 if m.pinned_at.is_some() {
-                    state.push("pinned".to_string());
+                    state.push(match &m.pin_reason {
+                        Some(reason) => format!("pinned ({reason})"),
+                        None => "pinned".to_string(),
+                    });
                 }
                 if let Some(at) = m.promoted_at {
                     state.push(format!(

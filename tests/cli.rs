@@ -725,7 +725,7 @@ async fn train_and_router_pin_say_what_serve_routes_with() {
     assert_eq!(code, Some(2));
     assert!(err.contains("`lr` names 3 models"), "{err}");
     let hash = refused.split_once('-').unwrap().1;
-    let (code, out, err) = router(&url, &["pin", &hash[..8]]);
+    let (code, out, err) = router(&url, &["pin", &hash[..8], "--reason", "accepted by ops"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), refused);
     assert!(
@@ -751,6 +751,13 @@ async fn train_and_router_pin_say_what_serve_routes_with() {
     assert_eq!(pinned.len(), 1, "{json}");
     assert_eq!(pinned[0]["version"], refused.as_str());
     assert_eq!(pinned[0]["promoted_last"], true);
+    assert_eq!(pinned[0]["pin_reason"], "accepted by ops");
+    let (_, text, _) = router(&url, &["list"]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&refused) && l.contains(" pinned (accepted by ops), promoted ")),
+        "{text}"
+    );
     assert!(
         pinned[0]["holdout_accuracy"].as_f64().unwrap() < 0.7,
         "{json}"

@@ -571,7 +571,7 @@ async fn every_replica_follows_a_pinned_model_until_it_is_unpinned() {
         // Rolled back: both replicas switch at their next look.
         assert!(
             app.store
-                .pin_router_model(&first, chrono::Utc::now())
+                .pin_router_model(&first, chrono::Utc::now(), Some("rollback"))
                 .await
                 .unwrap()
         );
@@ -649,7 +649,7 @@ async fn every_replica_follows_a_pinned_model_until_it_is_unpinned() {
         app.store.save_router_model(&broken).await.unwrap();
         assert!(
             app.store
-                .pin_router_model(&broken.version, chrono::Utc::now())
+                .pin_router_model(&broken.version, chrono::Utc::now(), None)
                 .await
                 .unwrap()
         );

@@ -483,14 +483,17 @@ async fn one_router_model_is_pinned_until_unpinned_and_pruning_keeps_it() {
 
         // Pinning a missing model changes nothing.
         let now = Utc::now();
-        assert!(!store.pin_router_model("nope", now).await.unwrap());
+        assert!(!store.pin_router_model("nope", now, None).await.unwrap());
         assert_eq!(store.pinned_router_model().await.unwrap(), None);
 
         // A pin counts as a promotion at the same moment.
         store.promote_router_model("v3", now).await.unwrap();
         let later = now + Duration::seconds(1);
         assert!(
-            store.pin_router_model("v0", later).await.unwrap(),
+            store
+                .pin_router_model("v0", later, Some("a bad retrain"))
+                .await
+                .unwrap(),
             "{label}"
         );
         assert_eq!(
@@ -507,6 +510,7 @@ async fn one_router_model_is_pinned_until_unpinned_and_pruning_keeps_it() {
         let v0 = listed.iter().find(|m| m.version == "v0").unwrap();
         assert_eq!(v0.pinned_at.map(|t| t.timestamp()), Some(later.timestamp()));
         assert_eq!(v0.promoted_at, v0.pinned_at);
+        assert_eq!(v0.pin_reason.as_deref(), Some("a bad retrain"));
         assert!(
             listed
                 .iter()
@@ -517,7 +521,7 @@ async fn one_router_model_is_pinned_until_unpinned_and_pruning_keeps_it() {
         // Another pin replaces it: one model is pinned at a time.
         assert!(
             store
-                .pin_router_model("v1", later + Duration::seconds(1))
+                .pin_router_model("v1", later + Duration::seconds(1), None)
                 .await
                 .unwrap()
         );
@@ -530,6 +534,8 @@ async fn one_router_model_is_pinned_until_unpinned_and_pruning_keeps_it() {
             .map(|m| m.version)
             .collect();
         assert_eq!(pinned, ["v1"], "{label}");
+        let listed = store.router_models(10).await.unwrap();
+        assert!(listed.iter().all(|m| m.pin_reason.is_none()), "{label}");
 
         // Pruning keeps the pinned model, however old; promoted last is v1 too.
         store

@@ -315,6 +315,8 @@ pub struct RouterModelSummary {
     pub promoted_at: Option<DateTime<Utc>>,
     /// When it was pinned, while it is (see `Store::pin_router_model`).
     pub pinned_at: Option<DateTime<Utc>>,
+    /// Why, as the operator who pinned it said.
+    pub pin_reason: Option<String>,
 }
 
 /// Everything one inbound message writes, committed in one transaction.
@@ -651,10 +653,16 @@ pub trait Store: Send + Sync + 'static {
     async fn promote_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool>;
     /// The version most recently promoted, if any.
     async fn promoted_router_model(&self) -> Result<Option<String>>;
-    /// Pins `version` from `at` on, in place of any pinned before: replicas
-    /// route with it whatever their training data asks for, and it counts as
-    /// promoted at `at`. False (and nothing changes) when no such model is stored.
-    async fn pin_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool>;
+    /// Pins `version` from `at` on, for `reason`, in place of any pinned
+    /// before: replicas route with it whatever their training data asks for,
+    /// and it counts as promoted at `at`. False (and nothing changes) when no
+    /// such model is stored.
+    async fn pin_router_model(
+        &self,
+        version: &str,
+        at: DateTime<Utc>,
+        reason: Option<&str>,
+    ) -> Result<bool>;
     /// Lifts the pin; returns the version that was pinned, if one was.
     async fn unpin_router_model(&self) -> Result<Option<String>>;
     /// The pinned version, if one is.

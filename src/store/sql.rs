@@ -576,11 +576,14 @@ macro_rules! impl_store {
                 Ok(row.map(|r| r.0))
             }
 
-            async fn pin_router_model(&self, version: &str, at: DateTime<Utc>) -> Result<bool> {
+            async fn pin_router_model(&self, version: &str, at: DateTime<Utc>, reason: Option<&str>) -> Result<bool> {
                 let mut tx = self.pool.begin().await?;
-                let found = sqlx::query("UPDATE router_models SET pinned_at = $2, promoted_at = $2 WHERE version = $1")
+                let found = sqlx::query(
+                    "UPDATE router_models SET pinned_at = $2, promoted_at = $2, pin_reason = $3 WHERE version = $1",
+                )
                     .bind(version)
                     .bind(at)
+                    .bind(reason)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -588,7 +591,9 @@ macro_rules! impl_store {
                 if !found {
                     return Ok(false);
                 }
-                sqlx::query("UPDATE router_models SET pinned_at = NULL WHERE pinned_at IS NOT NULL AND version <> $1")
+                sqlx::query(
+                    "UPDATE router_models SET pinned_at = NULL, pin_reason = NULL WHERE pinned_at IS NOT NULL AND version <> $1",
+                )
                     .bind(version)
                     .execute(&mut *tx)
                     .await?;
@@ -598,7 +603,7 @@ macro_rules! impl_store {
 
             async fn unpin_router_model(&self) -> Result<Option<String>> {
                 let unpinned: Vec<(String,)> = sqlx::query_as(
-                    "UPDATE router_models SET pinned_at = NULL WHERE pinned_at IS NOT NULL RETURNING version",
+                    "UPDATE router_models SET pinned_at = NULL, pin_reason = NULL WHERE pinned_at IS NOT NULL RETURNING version",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -617,7 +622,7 @@ macro_rules! impl_store {
 
             async fn router_models(&self, limit: i64) -> Result<Vec<RouterModelSummary>> {
                 Ok(sqlx::query_as::<_, RouterModelSummary>(
-                    "SELECT version, examples, labels, metrics, created_at, promoted_at, pinned_at FROM router_models \
+                    "SELECT version, examples, labels, metrics, created_at, promoted_at, pinned_at, pin_reason FROM router_models \
                      ORDER BY created_at DESC, version LIMIT $1",
                 )
                 .bind(limit)

@@ -271,9 +271,14 @@ fn router_view(
     let pinned = stored.iter().find(|m| m.pinned_at.is_some());
     let schedule = match (pinned, routing.retrain_every_minutes) {
         (Some(m), _) => format!(
-            "An operator pinned {} {} (sopr router pin): replicas route with it and do not retrain until it is unpinned.",
+            "An operator pinned {} {} (sopr router pin){}: replicas route with it and do not retrain until it is unpinned.",
             m.version,
-            m.pinned_at.map_or_else(String::new, |at| ago(at, now))
+            m.pinned_at.map_or_else(String::new, |at| ago(at, now)),
+            m.pin_reason
+                .as_deref()
+                .map_or_else(String::new, |reason| format!(
+                    ", saying \u{201c}{reason}\u{201d}"
+                ))
         ),
         (None, m) => match m {
             0 => "Its training data is read only at start (routing.retrain_every_minutes = 0)."
@@ -420,6 +425,7 @@ mod tests {
             created_at: now - Duration::minutes(5),
             promoted_at: (version != "lr10-older").then(|| now - Duration::minutes(3)),
             pinned_at: None,
+            pin_reason: None,
         };
         let models = [
             stored(
@@ -465,6 +471,12 @@ mod tests {
         assert_eq!(
             view["schedule"],
             "An operator pinned lr10-older 2 min ago (sopr router pin): replicas route with it and do not retrain until it is unpinned."
+        );
+        models[1].pin_reason = Some("refunds misrouted since 10:00".into());
+        let view = router_view(&model, &models, &config, now);
+        assert_eq!(
+            view["schedule"],
+            "An operator pinned lr10-older 2 min ago (sopr router pin), saying \u{201c}refunds misrouted since 10:00\u{201d}: replicas route with it and do not retrain until it is unpinned."
         );
     }
 
