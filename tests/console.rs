@@ -612,6 +612,21 @@ async fn a_reviewer_works_an_item_from_the_console_on_every_backend() {
             dashboard.contains("Every 1 h it reads its training data again"),
             "{label}"
         );
+        // An operator's pin shows, with its reason.
+        assert!(
+            app.store
+                .pin_router_model(model, chrono::Utc::now(), Some("held for the audit"))
+                .await
+                .unwrap()
+        );
+        let dashboard = bea.page("/console/dashboard?days=1").await;
+        assert!(
+            dashboard.contains(&format!(
+                "<code>{model}</code> <span class=\"meta\">routing now</span> \
+                 <strong class=\"pinned\">pinned</strong>"
+            )) && dashboard.contains("saying “held for the audit”: replicas route with it"),
+            "{label}: {dashboard}"
+        );
     }
 }
 
