@@ -480,7 +480,8 @@ impl Retrainer {
             m => Some(Duration::from_secs(60 * u64::from(m))),
         };
         let mut next_retrain = every.map(|every| Instant::now() + every);
-        // A database outage fails every look for a pin: say so once.
+        // A database outage (or a training file that no longer reads, after
+        // an unpin) fails every look for a pin: say so once.
         let mut pin_checks_fail = false;
         loop {
             let until_retrain =
@@ -491,7 +492,7 @@ impl Retrainer {
                     pin_checks_fail = true;
                     tracing::warn!(
                         error = format!("{err:#}"),
-                        "cannot look for a pinned router model; the current model stays in use"
+                        "cannot follow a router model pin or its lifting; the current model stays in use, and the next look tries again"
                     );
                 }
                 Err(_) => {}
