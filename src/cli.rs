@@ -199,8 +199,8 @@ pub enum RouterCommand {
         /// Model version as `sopr router list` shows it, or a unique start of it (with or
         /// without the `lr10-` kind)
         version: String,
-        /// Why, for the other operators and reviewers: shown by `router list` and on the
-        /// console's dashboard
+        /// Why, for the other operators and reviewers: shown by `router list`, on the console's
+        /// dashboard and in serve's log when a replica switches
         #[arg(long, value_name = "TEXT")]
         reason: Option<String>,
     },

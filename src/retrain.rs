@@ -285,6 +285,16 @@ async fn pinned_model(store: &dyn Store) -> anyhow::Result<Option<Classifier>> {
     Ok(model)
 }
 
+/// Why `version` was pinned, as the operator said (`sopr router pin
+/// --reason`), for the log; read only when a replica switches to it.
+async fn pin_reason(store: &dyn Store, version: &str) -> Option<String> {
+    let models = store.router_models(KEEP_ROUTER_MODELS + 2).await.ok()?;
+    models
+        .into_iter()
+        .find(|m| m.version == version)
+        .and_then(|m| m.pin_reason)
+}
+
 /// The model `serve` starts routing with: the pinned one, if an operator
 /// pinned one (`sopr router pin`). Otherwise the one for the training data as
 /// it is now (loaded or trained, see [`load_or_train_router`]), unless
@@ -298,8 +308,10 @@ pub async fn model_at_start(
 ) -> anyhow::Result<Classifier> {
     if let Some(model) = pinned_model(store.as_ref()).await? {
         report_pinned(true);
+        let reason = pin_reason(store.as_ref(), model.version()).await;
         tracing::info!(
             model = model.version(),
+            reason,
             "routing with the pinned router model; retraining waits for `sopr router unpin`"
         );
         return Ok(model);
@@ -592,9 +604,11 @@ impl Retrainer {
             let Some(model) = pinned_model(self.store.as_ref()).await? else {
                 return Ok(None);
             };
+            let reason = pin_reason(self.store.as_ref(), &version).await;
             tracing::info!(
                 from = current.version(),
                 to = model.version(),
+                reason,
                 "router model pinned; routing with it until `sopr router unpin`"
             );
             self.pipeline.replace_classifier(Arc::new(model));

@@ -844,9 +844,14 @@ async fn a_running_serve_follows_a_pin_and_its_lifting() {
     assert_eq!(now, demo, "the model for its data");
     assert!(metrics.contains("sopr_router_pinned 0"), "{metrics}");
 
-    let (code, _, err) = router(&url, &["pin", &other]);
+    let (code, _, err) = router(&url, &["pin", &other, "--reason", "rolled back by ops"]);
     assert_eq!(code, Some(0), "{err}");
     let metrics = until_routing(&client, &serve.addr, &other).await;
+    let logged = serve.log_lines("router model pinned");
+    assert!(
+        logged.len() == 1 && logged[0].contains(r#"reason="rolled back by ops""#),
+        "{logged:?}"
+    );
     assert!(metrics.contains("sopr_router_pinned 1"), "{metrics}");
     assert!(
         metrics.contains(r#"sopr_router_retrains_total{outcome="pinned"} 1"#),

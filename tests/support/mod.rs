@@ -317,6 +317,8 @@ pub struct Serve {
     pub addr: String,
     /// The demo tenant's key, when this start created it.
     pub key: Option<String>,
+    /// Its log lines after it listens, as they come.
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Serve {
@@ -333,11 +335,14 @@ impl Serve {
             .expect("start sopr serve");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut listening = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if listening {
                     println!("serve: {line}");
+                    kept.lock().unwrap().push(line);
                 } else {
                     listening = line.contains("sopr listening");
                     let _ = tx.send(line);
@@ -359,8 +364,31 @@ impl Serve {
             }
             if line.contains("sopr listening") {
                 let addr = listen_address(&line);
-                return Serve { child, addr, key };
+                return Serve {
+                    child,
+                    addr,
+                    key,
+                    log,
+                };
             }
+        }
+    }
+}
+
+impl Serve {
+    /// The log lines (after it listens) that contain `text`, once there is
+    /// one (or after ten seconds, none): the log arrives through a pipe.
+    pub fn log_lines(&self, text: &str) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found: Vec<String> = {
+                let log = self.log.lock().unwrap();
+                log.iter().filter(|l| l.contains(text)).cloned().collect()
+            };
+            if !found.is_empty() || std::time::Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }
