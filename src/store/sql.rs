@@ -577,16 +577,16 @@ macro_rules! impl_store {
             }
 
             async fn pin_router_model(&self, version: &str, at: DateTime<Utc>, reason: Option<&str>) -> Result<bool> {
-                let mut tx = self.pool.begin().await?;
+                let (_writer, mut tx) = self.begin_write().await?;
                 let found = sqlx::query(
                     "UPDATE router_models SET pinned_at = $2, promoted_at = $2, pin_reason = $3 WHERE version = $1",
                 )
-                    .bind(version)
-                    .bind(at)
-                    .bind(reason)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
+                .bind(version)
+                .bind(at)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                     == 1;
                 if !found {
                     return Ok(false);
@@ -594,9 +594,9 @@ macro_rules! impl_store {
                 sqlx::query(
                     "UPDATE router_models SET pinned_at = NULL, pin_reason = NULL WHERE pinned_at IS NOT NULL AND version <> $1",
                 )
-                    .bind(version)
-                    .execute(&mut *tx)
-                    .await?;
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
                 Ok(true)
             }
