@@ -82,6 +82,9 @@ pub enum Command {
     /// List the stored router models; pin one to roll back or freeze routing.
     #[command(subcommand)]
     Router(RouterCommand),
+    /// Export reviewers' labels of customer messages as CSV, to measure or train the router.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
     /// Train the router on one labelled CSV and measure it on another.
     ///
     /// Prints accuracy, macro-F1, calibration error (ECE), a risk–coverage table (coverage reached
@@ -154,6 +157,51 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedbackCommand {
+    /// Write the messages reviewers labelled as CSV: the labelled traffic to measure the router on.
+    ///
+    /// One row per review item with a label, its latest (the labels routing.learn_from_feedback
+    /// draws on): text, intent (the reviewer's; `oos` when no SOP covers the message),
+    /// routed_intent and confidence (what the router said), tenant, labelled_at, action, reviewer
+    /// and review_id. `sopr eval --sops sops --test FILE` then measures how the SOPs' examples route
+    /// real messages and why serve would send them to review; `sopr eval --data FILE --folds 5`
+    /// how well the labels can be learnt; `sopr train --data FILE` trains on them.
+    ///
+    /// These messages are not a sample of all traffic: many reached a reviewer because the router
+    /// was unsure of them, so the router's accuracy on them is usually lower than on the messages
+    /// it answers. Card numbers, IBANs, national ids, emails and phone numbers are masked
+    /// as in serve's logs unless --raw.
+    Export {
+        /// Only this tenant's messages [default: every tenant's]
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// Only labels given at or after this time: an RFC 3339 timestamp
+        /// (2026-11-01T09:00:00Z) or a date (2026-11-01, from midnight UTC)
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Write to this file instead of standard output
+        #[arg(long, value_name = "FILE.csv")]
+        out: Option<PathBuf>,
+        /// Keep the messages' text as stored, personal data included
+        #[arg(long)]
+        raw: bool,
+    },
+}
+
+/// `--since`: an RFC 3339 timestamp, or a date meaning its midnight UTC.
+fn parse_since(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let value = value.trim();
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(at.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map(|day| day.and_time(chrono::NaiveTime::MIN).and_utc())
+        .map_err(|_| {
+            format!("`{value}` is neither an RFC 3339 timestamp (2026-11-01T09:00:00Z) nor a date (2026-11-01)")
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -301,6 +349,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Users(command) => users(config, command).await,
         Command::Train { data } => train(config, &data).await,
         Command::Router(command) => router(config, command).await,
+        Command::Feedback(FeedbackCommand::Export {
+            tenant,
+            since,
+            out,
+            raw,
+        }) => export_feedback(config, tenant.as_deref(), since, out.as_deref(), raw).await,
         Command::Eval {
             train,
             sops,
@@ -1103,6 +1157,117 @@ const ROUTER_MODELS_LISTED: i64 = 100;
 
 /// The stored version `given` names: the whole version, or a unique start of
 /// it, with or without the model kind (`lr10-`).
+async fn export_feedback(
+    config: Config,
+    tenant: Option<&str>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    out: Option<&std::path::Path>,
+    raw: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = crate::service::connect_store(&config).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("cannot apply migrations")?;
+    }
+    let tenant_id = match tenant {
+        Some(name) => Some(
+            store
+                .tenant_by_name(name.trim())
+                .await?
+                .with_context(|| format!("--tenant {name}: no such tenant"))?
+                .id,
+        ),
+        None => None,
+    };
+    let mut scope = tenant.map_or(String::new(), |name| format!(" of tenant {}", name.trim()));
+    if let Some(since) = since {
+        scope += &format!(
+            " since {}",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    let since = since.unwrap_or(chrono::DateTime::UNIX_EPOCH);
+    let rows = store.labelled_messages(tenant_id, since).await?;
+    let sink: Box<dyn std::io::Write> = match out {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut writer = csv::Writer::from_writer(sink);
+    writer.write_record([
+        "text",
+        "intent",
+        "routed_intent",
+        "confidence",
+        "tenant",
+        "labelled_at",
+        "action",
+        "reviewer",
+        "review_id",
+    ])?;
+    for row in &rows {
+        let text = if raw {
+            row.text.clone()
+        } else {
+            crate::routing::screen::mask_pii(&row.text)
+        };
+        writer.write_record([
+            text.as_str(),
+            &row.intent,
+            row.routed_intent.as_deref().unwrap_or(""),
+            &format!("{:.4}", row.confidence),
+            &row.tenant,
+            &row.labelled_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &row.action,
+            &row.reviewer,
+            &row.review_id.to_string(),
+        ])?;
+    }
+    writer.flush().context("cannot write the export")?;
+    eprintln!("{}", export_summary(&rows, &scope, out));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `feedback export` wrote, and how often the reviewers kept the
+/// router's intent.
+fn export_summary(
+    rows: &[crate::store::LabelledMessage],
+    scope: &str,
+    out: Option<&std::path::Path>,
+) -> String {
+    let to = out.map_or(String::new(), |p| format!(" to {}", p.display()));
+    if rows.is_empty() {
+        return format!(
+            "no labelled messages{scope}{to}: reviewers label a message when they resolve or reroute its review item"
+        );
+    }
+    let tenants: std::collections::BTreeSet<&str> =
+        rows.iter().map(|r| r.tenant.as_str()).collect();
+    // One tenant's export says which in `scope`.
+    let of_tenants = if scope.starts_with(" of tenant ") {
+        String::new()
+    } else {
+        format!(
+            " of {} tenant{}",
+            tenants.len(),
+            if tenants.len() == 1 { "" } else { "s" }
+        )
+    };
+    let kept = rows
+        .iter()
+        .filter(|r| r.routed_intent.as_deref() == Some(r.intent.as_str()))
+        .count();
+    let oos = rows.iter().filter(|r| r.intent == "oos").count();
+    format!(
+        "exported {} labelled message{}{of_tenants}{scope}{to}: the router's intent was the reviewer's for {kept} ({:.1}%), {oos} labelled `oos` (no SOP covers them)",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        100.0 * kept as f64 / rows.len() as f64,
+    )
+}
+
 fn match_version(
     models: &[crate::store::RouterModelSummary],
     given: &str,
@@ -1351,4 +1516,26 @@ fn read_password() -> anyhow::Result<String> {
     let password = line.trim_end_matches(['\n', '\r']).to_string();
     anyhow::ensure!(!password.is_empty(), "no password on stdin");
     Ok(password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_timestamp_with_any_offset_or_a_date() {
+        let utc = |s: &str| parse_since(s).map(|t| t.to_rfc3339());
+        assert_eq!(
+            utc("2026-11-01T10:30:00+01:00").unwrap(),
+            "2026-11-01T09:30:00+00:00"
+        );
+        assert_eq!(utc(" 2026-11-01 ").unwrap(), "2026-11-01T00:00:00+00:00");
+        for bad in ["2026-13-01", "yesterday", "2026-11-01 09:00", ""] {
+            let err = utc(bad).unwrap_err();
+            assert!(
+                err.contains("neither an RFC 3339 timestamp"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }

@@ -191,6 +191,7 @@ fn every_command_explains_itself() {
         vec!["router", "list", "--help"],
         vec!["router", "pin", "--help"],
         vec!["router", "unpin", "--help"],
+        vec!["feedback", "export", "--help"],
     ] {
         let out = sopr().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -866,4 +867,134 @@ async fn a_running_serve_follows_a_pin_and_its_lifting() {
         metrics.contains(r#"sopr_router_retrains_total{outcome="loaded"} 1"#),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
+    for db in support::databases().await {
+        let label = db.label();
+        let app = support::spawn_app_on(db, |_| {}).await;
+        let url = app.db.url().to_string();
+        // (message, reviewer's resolution): a card number in a request for a
+        // person, an off-topic message, and one left unlabelled.
+        let cases = [
+            (
+                "I want a human, my card 4111 1111 1111 1111 never arrived",
+                serde_json::json!({ "action": "edit", "intent": "card_arrival", "reply": "It is on its way." }),
+            ),
+            (
+                "what's the weather like in paris tomorrow? I want a person",
+                serde_json::json!({ "action": "reject", "intent": "oos", "reason": "off topic" }),
+            ),
+            (
+                "let me talk to a real person please",
+                serde_json::json!({ "action": "reject", "reason": "spam" }),
+            ),
+        ];
+        for (i, (text, resolution)) in cases.iter().enumerate() {
+            let case = app.message(&format!("c{i}"), text).await;
+            let review = case["review_id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{case}"));
+            let r = app
+                .post(
+                    &format!("/v1/reviews/{review}/claim"),
+                    &serde_json::json!({ "reviewer": "ana" }),
+                )
+                .await;
+            assert_eq!(r.status(), 200, "{label}");
+            let mut body = resolution.clone();
+            body["reviewer"] = "ana".into();
+            let r = app
+                .post(&format!("/v1/reviews/{review}/resolve"), &body)
+                .await;
+            assert_eq!(r.status(), 200, "{label}: {}", r.text().await.unwrap());
+        }
+        let header =
+            "text,intent,routed_intent,confidence,tenant,labelled_at,action,reviewer,review_id";
+
+        // Standard output, masked.
+        let (code, out, err) = run_on(&url, "feedback", &["export"]);
+        assert_eq!(code, Some(0), "{label}: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{label}: {out}");
+        assert_eq!(lines[0], header);
+        assert!(
+            lines[1].starts_with(
+                "\"I want a human, my card **** **** **** 1111 never arrived\",card_arrival,"
+            ),
+            "{label}: {out}"
+        );
+        assert!(
+            lines[1].contains(&format!(",{},", app.tenant.name)),
+            "{out}"
+        );
+        assert!(lines[1].contains(",edit,ana,"), "{out}");
+        assert!(
+            lines[2].contains(",oos,") && lines[2].contains(",reject,ana,"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("4111 1111"),
+            "{label}: the card number is masked: {out}"
+        );
+        assert!(
+            err.contains("exported 2 labelled messages of 1 tenant:"),
+            "{label}: {err}"
+        );
+        assert!(err.contains("1 labelled `oos`"), "{err}");
+
+        // A file, as stored, of one tenant.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("labelled.csv");
+        let file_arg = file.to_str().unwrap();
+        let tenant = app.tenant.name.clone();
+        let (code, out, err) = run_on(
+            &url,
+            "feedback",
+            &["export", "--raw", "--tenant", &tenant, "--out", file_arg],
+        );
+        assert_eq!(code, Some(0), "{label}: {err}");
+        assert!(out.is_empty(), "{out}");
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            written.contains("4111 1111 1111 1111"),
+            "{label}: {written}"
+        );
+        assert_eq!(written.lines().count(), 3, "{written}");
+        assert!(
+            err.contains(&format!("of tenant {tenant}")) && err.contains(file_arg),
+            "{err}"
+        );
+
+        // Filters that match nothing, and mistakes.
+        let (code, out, err) = run_on(&url, "feedback", &["export", "--since", "2999-01-01"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(out.trim(), header);
+        assert!(
+            err.contains("no labelled messages since 2999-01-01T00:00:00Z"),
+            "{err}"
+        );
+        let (code, _, err) = run_on(&url, "feedback", &["export", "--since", "last week"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("neither an RFC 3339 timestamp"), "{err}");
+        let (code, _, err) = run_on(&url, "feedback", &["export", "--tenant", "nobody"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("--tenant nobody: no such tenant"), "{err}");
+
+        // `sopr eval` measures the SOPs on the export as it is.
+        let (code, out, err) = run_on(
+            &url,
+            "eval",
+            &[
+                "--sops",
+                support::sops_dir().to_str().unwrap(),
+                "--test",
+                file_arg,
+            ],
+        );
+        assert_eq!(code, Some(0), "{label}: {err}");
+        assert!(out.contains("test examples     2"), "{out}");
+        assert!(out.contains("out-of-scope      1 rows"), "{out}");
+    }
 }

@@ -1604,3 +1604,116 @@ async fn feedback_examples_take_each_items_latest_label_newest_first() {
         assert_eq!(newest[0].0, "lost_or_stolen_card");
     }
 }
+
+#[tokio::test]
+async fn labelled_messages_carry_the_routers_decision_per_tenant_and_since() {
+    for db in databases().await {
+        let label = db.label();
+        let store = store_for(&db).await;
+        let (t1, t2) = (tenant(store.as_ref()).await, tenant(store.as_ref()).await);
+        let now = Utc::now();
+        // (tenant, reviewer's label, labelled how long ago, rerouted first)
+        let plan = [
+            (&t1, Some("card_arrival"), 120, true),
+            (&t1, None, 100, false),
+            (&t1, Some("oos"), 60, false),
+            (&t2, Some("card_delivery_estimate"), 0, false),
+        ];
+        for (t, intent, minutes_ago, rerouted) in plan {
+            let (_, review) = exchange(store.as_ref(), t.id, "review", 1, 60).await;
+            let id = review.unwrap();
+            store
+                .claim_review(t.id, id, &claim("ana", 600))
+                .await
+                .unwrap();
+            let at = now - Duration::minutes(minutes_ago);
+            if rerouted {
+                // An older label of the same item: only the latest counts.
+                store
+                    .reroute_review(
+                        t.id,
+                        &Reroute {
+                            review_id: id,
+                            reviewer: "ana".into(),
+                            expected_version: None,
+                            sop_ref: "card-delivery@1".into(),
+                            draft: None,
+                            priority: 1,
+                            due_at: now + Duration::minutes(60),
+                            event: NewReviewEvent {
+                                id: Uuid::now_v7(),
+                                actor: "ana".into(),
+                                kind: "rerouted".into(),
+                                data: json!({}),
+                            },
+                            feedback: NewFeedback {
+                                id: Uuid::now_v7(),
+                                label_intent: Some("lost_or_stolen_card".into()),
+                            },
+                            now: at - Duration::minutes(1),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+            let mut r = resolution(id, "ana", None);
+            r.feedback.label_intent = intent.map(String::from);
+            r.now = at;
+            store.resolve_review(t.id, &r).await.unwrap();
+        }
+        let intents = |rows: &[LabelledMessage]| -> Vec<String> {
+            rows.iter().map(|r| r.intent.clone()).collect()
+        };
+        let epoch = chrono::DateTime::UNIX_EPOCH;
+        let all = store.labelled_messages(None, epoch).await.unwrap();
+        let all: Vec<LabelledMessage> = all
+            .into_iter()
+            .filter(|r| r.tenant == t1.name || r.tenant == t2.name)
+            .collect();
+        assert_eq!(
+            intents(&all),
+            ["card_arrival", "oos", "card_delivery_estimate"],
+            "{label}: oldest first, the latest label of each item, none for an item without one"
+        );
+        let first = &all[0];
+        assert_eq!(first.tenant, t1.name, "{label}");
+        assert_eq!(first.text, "where is my card", "{label}");
+        assert_eq!(
+            first.routed_intent.as_deref(),
+            Some("card_arrival"),
+            "{label}"
+        );
+        assert!(
+            (first.confidence - 0.42).abs() < 1e-9,
+            "{label}: {}",
+            first.confidence
+        );
+        assert_eq!(
+            (first.action.as_str(), first.reviewer.as_str()),
+            ("edit", "ana")
+        );
+        assert!(
+            (first.labelled_at - (now - Duration::minutes(120)))
+                .num_seconds()
+                .abs()
+                < 2,
+            "{label}: {}",
+            first.labelled_at
+        );
+        let of_t1 = store.labelled_messages(Some(t1.id), epoch).await.unwrap();
+        assert_eq!(intents(&of_t1), ["card_arrival", "oos"], "{label}");
+        let recent = now - Duration::minutes(90);
+        let since = store.labelled_messages(None, recent).await.unwrap();
+        assert!(
+            since.iter().all(|r| r.labelled_at >= recent) && since.len() >= 2,
+            "{label}"
+        );
+        let of_t2 = store.labelled_messages(Some(t2.id), recent).await.unwrap();
+        assert_eq!(intents(&of_t2), ["card_delivery_estimate"], "{label}");
+        let of_t1_later = store
+            .labelled_messages(Some(t1.id), now - Duration::minutes(30))
+            .await
+            .unwrap();
+        assert!(of_t1_later.is_empty(), "{label}: {of_t1_later:?}");
+    }
+}

@@ -280,6 +280,25 @@ pub struct Feedback {
     pub created_at: DateTime<Utc>,
 }
 
+/// A reviewer's label of a customer message beside what the router said:
+/// one row of `sopr feedback export`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LabelledMessage {
+    pub review_id: Uuid,
+    pub tenant: String,
+    pub text: String,
+    /// The intent the reviewer confirmed or gave (`oos`: no SOP covers it).
+    pub intent: String,
+    /// The intent the router chose, if any.
+    pub routed_intent: Option<String>,
+    /// The router's calibrated confidence in `routed_intent`.
+    pub confidence: f64,
+    /// What the reviewer did: `approve`, `edit`, `reroute`, …
+    pub action: String,
+    pub reviewer: String,
+    pub labelled_at: DateTime<Utc>,
+}
+
 /// One SOP version as loaded from disk, recorded so decisions can be traced to it.
 #[derive(Debug, Clone)]
 pub struct SopVersionRecord {
@@ -885,6 +904,14 @@ pub trait Store: Send + Sync + 'static {
     /// the latest labelled row per item, the newest `limit` items, oldest
     /// first (a stable order, so the same feedback hashes to the same model).
     async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>>;
+    /// Every item's latest labelled feedback row labelled at `since` or
+    /// later, of one tenant or of all, oldest first: the rows
+    /// `feedback_examples` draws from, with the router's decision beside them.
+    async fn labelled_messages(
+        &self,
+        tenant_id: Option<Uuid>,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<LabelledMessage>>;
 }
 
 impl Backend {

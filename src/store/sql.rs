@@ -1487,6 +1487,34 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn labelled_messages(
+                &self,
+                tenant_id: Option<Uuid>,
+                since: DateTime<Utc>,
+            ) -> Result<Vec<LabelledMessage>> {
+                macro_rules! labelled_sql {
+                    ($tenant:literal) => {
+                        concat!(
+                            "SELECT f.review_id, t.name AS tenant, f.customer_text AS text, f.label_intent AS intent, \
+                             f.predicted_intent AS routed_intent, d.confidence, f.action, f.reviewer, f.created_at AS labelled_at \
+                             FROM feedback f JOIN decisions d ON d.id = f.decision_id JOIN tenants t ON t.id = f.tenant_id \
+                             WHERE f.label_intent IS NOT NULL AND f.created_at >= $1",
+                            $tenant,
+                            " AND NOT EXISTS (SELECT 1 FROM feedback g WHERE g.review_id = f.review_id AND g.label_intent IS NOT NULL \
+                             AND (g.created_at > f.created_at OR (g.created_at = f.created_at AND g.id > f.id))) \
+                             ORDER BY f.created_at, f.id"
+                        )
+                    };
+                }
+                let query = match tenant_id {
+                    Some(tenant_id) => sqlx::query_as::<_, LabelledMessage>(labelled_sql!(" AND f.tenant_id = $2"))
+                        .bind(since)
+                        .bind(tenant_id),
+                    None => sqlx::query_as::<_, LabelledMessage>(labelled_sql!("")).bind(since),
+                };
+                Ok(query.fetch_all(&self.pool).await?)
+            }
+
             async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>> {
                 Ok(sqlx::query_as::<_, (String, String)>(
                     "SELECT label_intent, customer_text FROM (\
