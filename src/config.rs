@@ -167,6 +167,10 @@ pub struct ReviewConfig {
     /// item gets the highest of its SOP's priority and its flags'. Entries in
     /// the file add to (or override) the defaults.
     pub flag_priority: BTreeMap<String, crate::sop::Priority>,
+    /// Share of automatically answered messages sampled as spot checks for
+    /// reviewers to label after the reply went out (0 = none, 0.02 = 2%):
+    /// the accuracy of automatic answers on live traffic.
+    pub spot_check_share: f64,
 }
 
 /// The reviewer console under `/console`.
@@ -504,6 +508,7 @@ impl Default for Config {
             review: ReviewConfig {
                 lease_secs: 600,
                 default_sla_minutes: 240,
+                spot_check_share: 0.0,
                 flag_priority: [
                     ("topic.self_harm", crate::sop::Priority::Urgent),
                     ("topic.fraud", crate::sop::Priority::High),
@@ -961,6 +966,12 @@ impl Config {
         }
         if self.review.default_sla_minutes == 0 {
             return invalid("review.default_sla_minutes", "must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.review.spot_check_share) {
+            return invalid(
+                "review.spot_check_share",
+                "must be a share from 0 (none) to 1 (every automatic answer)".into(),
+            );
         }
         if !(1..=24 * 30).contains(&self.console.session_hours) {
             return invalid("console.session_hours", "must be from 1 to 720".into());

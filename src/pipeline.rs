@@ -727,7 +727,13 @@ impl Pipeline {
                     .review_created(&sop.file.escalation.notify, &summary),
             );
         }
+        // Automatic answers are sampled for spot checks by their decision's
+        // random bits, so every replica samples the same share.
+        let spot_check = (outcome == "answered"
+            && sampled(decision_id, self.config.review.spot_check_share))
+        .then(Uuid::now_v7);
         let exchange = Exchange {
+            spot_check,
             tenant_id: tenant.id,
             new_conversation,
             conversation_id,
@@ -750,6 +756,9 @@ impl Pipeline {
         };
         self.store.record_exchange(&exchange).await?;
         metrics::counter!("sopr_messages_total", "outcome" => outcome).increment(1);
+        if spot_check.is_some() {
+            metrics::counter!("sopr_spot_checks_total").increment(1);
+        }
         // The router's confidence on live traffic, and why messages go to
         // people: a drift in either shows before reviewers feel it.
         metrics::histogram!("sopr_router_confidence").record(confidence);
@@ -848,6 +857,15 @@ fn llm_record(confirmed: bool, draft: Option<&LlmDraft>, ledger: &Ledger) -> Opt
     Some(record)
 }
 
+/// Whether the message decided as `decision_id` falls in a sample of
+/// `share`. A v7 UUID from `Uuid::now_v7` carries a 42-bit counter below its
+/// timestamp (ids of one millisecond count up), so only its low 32 bits are
+/// random: those decide.
+fn sampled(decision_id: Uuid, share: f64) -> bool {
+    let random = f64::from(decision_id.as_u128() as u32);
+    random < share * f64::from(u32::MAX) + share
+}
+
 fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
@@ -896,6 +914,22 @@ mod tests {
         );
         // Without its own min_confidence an SOP would use the target alone.
         assert!(decide_at(own + 0.01, Some(own)).is_empty());
+    }
+
+    #[test]
+    fn spot_checks_sample_their_share_of_decisions() {
+        let ids: Vec<Uuid> = (0..20_000).map(|_| Uuid::now_v7()).collect();
+        let share_of = |share: f64| {
+            ids.iter().filter(|id| sampled(**id, share)).count() as f64 / ids.len() as f64
+        };
+        assert_eq!(share_of(0.0), 0.0);
+        assert_eq!(share_of(1.0), 1.0);
+        for share in [0.02, 0.1, 0.5] {
+            let got = share_of(share);
+            // Four standard errors of a binomial share over 20,000 draws.
+            let tolerance = 4.0 * (share * (1.0 - share) / ids.len() as f64).sqrt();
+            assert!((got - share).abs() < tolerance, "{share}: {got}");
+        }
     }
 
     #[test]

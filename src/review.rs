@@ -17,7 +17,7 @@ use crate::routing::eval::OUT_OF_SCOPE;
 use crate::sop::SopSet;
 use crate::store::{
     Claim, InfoRequest, NewFeedback, NewMessage, NewReviewEvent, Reroute, Resolution, ReviewItem,
-    ReviewState, Role, Store, StoreError,
+    ReviewState, Role, SpotCheck, SpotCheckCounts, Store, StoreError,
 };
 
 /// What a reviewer does to finish an item.
@@ -197,18 +197,8 @@ impl ReviewService {
         expected_version: Option<i64>,
     ) -> Result<ReviewItem, ReviewError> {
         let reviewer = validate_reviewer(reviewer)?;
-        // `oos` labels a message no SOP covers: the router learns to send
-        // such messages to review instead of to the nearest SOP.
-        if let Some(intent) = &intent
-            && intent != OUT_OF_SCOPE
-            && self.sops.for_intent(intent).is_none()
-        {
-            return Err(ReviewError::Invalid {
-                field: "intent",
-                message: format!(
-                    "`{intent}` is not an intent of any active SOP (`{OUT_OF_SCOPE}` labels a message no SOP covers)"
-                ),
-            });
+        if let Some(intent) = &intent {
+            self.validate_label(intent)?;
         }
         let item = self
             .store
@@ -516,6 +506,93 @@ impl ReviewService {
     }
 }
 
+impl ReviewService {
+    /// A label for the feedback store: an intent of an active SOP, or `oos`,
+    /// which labels a message no SOP covers (the router learns to send such
+    /// messages to review instead of to the nearest SOP).
+    fn validate_label(&self, intent: &str) -> Result<(), ReviewError> {
+        if intent == OUT_OF_SCOPE || self.sops.for_intent(intent).is_some() {
+            return Ok(());
+        }
+        Err(ReviewError::Invalid {
+            field: "intent",
+            message: format!(
+                "`{intent}` is not an intent of any active SOP (`{OUT_OF_SCOPE}` labels a message no SOP covers)"
+            ),
+        })
+    }
+
+    /// Records which intent a spot-checked automatic answer was about (the
+    /// routed one when it was right). A second label corrects the first.
+    pub async fn label_spot_check(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        reviewer: &str,
+        intent: &str,
+    ) -> Result<SpotCheck, ReviewError> {
+        let reviewer = validate_reviewer(reviewer)?;
+        let intent = non_empty("intent", intent)?;
+        self.validate_label(&intent)?;
+        let check = self
+            .store
+            .label_spot_check(tenant_id, id, &intent, &reviewer, Utc::now())
+            .await?
+            .ok_or(ReviewError::NotFound)?;
+        metrics::counter!(
+            "sopr_spot_checks_labelled_total",
+            "verdict" => if check.routed_intent.as_deref() == Some(intent.as_str()) { "right" } else { "wrong" }
+        )
+        .increment(1);
+        Ok(check)
+    }
+}
+
+/// What reviewers' spot checks say about the automatic answers of a period.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpotCheckSummary {
+    pub sampled: i64,
+    pub labelled: i64,
+    /// Labelled with the intent the router chose.
+    pub right: i64,
+    /// `right / labelled`, with its 95% (Wilson score) interval.
+    pub accuracy: Option<f64>,
+    pub interval: Option<[f64; 2]>,
+    /// `routing.target_accuracy`: what the automatic answers were calibrated to reach.
+    pub target: Option<f64>,
+    /// The whole interval lies below the target: more labels will not make
+    /// the shortfall go away.
+    pub below_target: bool,
+}
+
+impl SpotCheckSummary {
+    pub fn new(counts: SpotCheckCounts, target: Option<f64>) -> SpotCheckSummary {
+        let (n, k) = (counts.labelled, counts.right);
+        let accuracy = (n > 0).then(|| k as f64 / n as f64);
+        let interval = accuracy.map(|p| wilson_interval(p, n as f64));
+        SpotCheckSummary {
+            sampled: counts.sampled,
+            labelled: n,
+            right: k,
+            accuracy,
+            interval,
+            target,
+            below_target: matches!((interval, target), (Some([_, high]), Some(t)) if high < t),
+        }
+    }
+}
+
+/// The 95% Wilson score interval of a share `p` observed over `n` trials:
+/// unlike `p ± 1.96·se`, it stays inside [0, 1] and is honest when `p` is
+/// near 1, as the accuracy of automatic answers is.
+fn wilson_interval(p: f64, n: f64) -> [f64; 2] {
+    const Z: f64 = 1.959_963_984_540_054;
+    let z2 = Z * Z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
 fn validate_reviewer(reviewer: &str) -> Result<String, ReviewError> {
     let reviewer = reviewer.trim();
     if reviewer.is_empty() || reviewer.chars().count() > 200 {
@@ -542,4 +619,46 @@ fn non_empty(field: &'static str, value: &str) -> Result<String, ReviewError> {
         });
     }
     Ok(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spot_check_accuracy_comes_with_its_interval_and_the_target() {
+        let summary = |labelled, right, target| {
+            SpotCheckSummary::new(
+                SpotCheckCounts {
+                    sampled: 500,
+                    labelled,
+                    right,
+                },
+                target,
+            )
+        };
+        let none = summary(0, 0, Some(0.98));
+        assert_eq!(
+            (none.accuracy, none.interval, none.below_target),
+            (None, None, false)
+        );
+        // 196 of 200: 0.98, interval about 0.950–0.992 (Wilson, 95%).
+        let s = summary(200, 196, Some(0.98));
+        assert_eq!(s.accuracy, Some(0.98));
+        let [low, high] = s.interval.unwrap();
+        assert!(
+            (low - 0.9497).abs() < 1e-3 && (high - 0.9922).abs() < 1e-3,
+            "{low} {high}"
+        );
+        assert!(!s.below_target);
+        // 180 of 200 (0.90, up to about 0.937) cannot be a 0.98 router having a bad day.
+        assert!(summary(200, 180, Some(0.98)).below_target);
+        assert!(
+            !summary(200, 180, None).below_target,
+            "no target, no verdict"
+        );
+        // All right: the interval still admits some error; never above 1.
+        let [low, high] = summary(20, 20, None).interval.unwrap();
+        assert!(low > 0.8 && low < 0.85 && high == 1.0, "{low} {high}");
+    }
 }

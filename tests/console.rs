@@ -782,3 +782,100 @@ async fn console_pages_send_security_headers_and_assets() {
         404
     );
 }
+
+#[tokio::test]
+async fn reviewers_label_spot_checks_from_the_console() {
+    let app = support::spawn_app_on(support::TestDb::sqlite(), |c| {
+        c.review.spot_check_share = 1.0;
+        c.routing.target_accuracy = Some(0.98);
+    })
+    .await;
+    add_user(&app, "bea@example.com", "reviewer", PASSWORD).await;
+    let answered = app
+        .message(
+            "cust-1",
+            "My new card still hasn't arrived, it's been 10 days",
+        )
+        .await;
+    assert_eq!(answered["outcome"], "answered", "{answered}");
+    // A person's case is no automatic answer: not sampled.
+    let queued = app
+        .message("cust-2", "I want to speak to a human about my card")
+        .await;
+    assert_eq!(queued["outcome"], "queued", "{queued}");
+    let mut c = ConsoleClient::login(&app, "bea@example.com", PASSWORD).await;
+    let page = c.page("/console/spot-checks").await;
+    assert!(
+        page.contains("still hasn&#x27;t arrived") || page.contains("still hasn't arrived"),
+        "{page}"
+    );
+    assert!(
+        page.contains("1 automatic answer sampled in 30 d, none labelled yet."),
+        "{page}"
+    );
+    assert!(!page.contains("speak to a human"), "{page}");
+    let list: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
+    let id = list["items"][0]["id"].as_str().unwrap().to_string();
+    assert!(
+        page.contains(&format!("action=\"/console/spot-checks/{id}\"")),
+        "{page}"
+    );
+
+    let forged = c
+        .post_form(
+            &format!("/console/spot-checks/{id}"),
+            &[("intent", "card_arrival")],
+        )
+        .await;
+    assert_eq!(forged.status(), 403);
+    let bad = c
+        .act(
+            &format!("/console/spot-checks/{id}"),
+            &[("intent", "no_such_intent")],
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+    let missing = c
+        .act(
+            &format!("/console/spot-checks/{}", uuid::Uuid::now_v7()),
+            &[("intent", "oos")],
+        )
+        .await;
+    assert_eq!(missing.status(), 404);
+    let still: Value = app
+        .get(&format!("/v1/spot-checks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(still["label_intent"].is_null(), "nothing changed: {still}");
+
+    let right = c
+        .act(
+            &format!("/console/spot-checks/{id}"),
+            &[("intent", "card_arrival")],
+        )
+        .await;
+    assert_eq!(right.status(), 303);
+    assert_eq!(location(&right), "/console/spot-checks?notice=labelled");
+    let page = c.page("/console/spot-checks?notice=labelled").await;
+    assert!(page.contains("Label saved."), "{page}");
+    assert!(page.contains("Nothing to check."), "{page}");
+    assert!(
+        page.contains("1 of 1 spot-checked automatic answers in 30 d were routed right: 100.0%"),
+        "{page}"
+    );
+    assert!(page.contains("Consistent with the 98.0% target"), "{page}");
+    let labelled: Value = app
+        .get(&format!("/v1/spot-checks/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(labelled["reviewer"], "bea@example.com");
+    let dashboard = c.page("/console/dashboard").await;
+    assert!(
+        dashboard.contains("1 of 1 spot-checked automatic answers"),
+        "{dashboard}"
+    );
+}

@@ -675,3 +675,134 @@ async fn an_edit_confirms_the_route_only_when_the_router_was_sure() {
     );
     assert_eq!(label, None, "routed to {:?}", decision.intent);
 }
+
+#[tokio::test]
+async fn a_share_of_automatic_answers_waits_for_a_spot_check_label() {
+    for db in support::databases().await {
+        let label = db.label();
+        let app = support::spawn_app_on(db, |c| c.review.spot_check_share = 1.0).await;
+        let answered = app
+            .message(
+                "cust-1",
+                "My new card still hasn't arrived, it's been 10 days",
+            )
+            .await;
+        assert_eq!(answered["outcome"], "answered", "{label}: {answered}");
+        // A case that goes to a person is no automatic answer: never sampled.
+        let queued = app
+            .message("cust-2", "I want to speak to a human about my card")
+            .await;
+        assert_eq!(queued["outcome"], "queued");
+
+        let list: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{label}: {list}");
+        let check = &items[0];
+        let id = check["id"].as_str().unwrap().to_string();
+        assert_eq!(check["decision_id"], answered["decision_id"]);
+        assert_eq!(check["routed_intent"], "card_arrival");
+        assert_eq!(check["reply"], answered["reply"], "the reply that went out");
+        assert!(check["label_intent"].is_null());
+        assert_eq!(list["summary"]["sampled"], 1);
+        assert_eq!(list["summary"]["labelled"], 0);
+        assert!(list["summary"]["accuracy"].is_null());
+
+        // Mistakes are 4xx problems naming the field, and change nothing.
+        let path = format!("/v1/spot-checks/{id}/label");
+        let bad = app
+            .post(
+                &path,
+                &json!({ "reviewer": "ana", "intent": "no_such_intent" }),
+            )
+            .await;
+        let body = problem(bad, 422).await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("intent"),
+            "{body}"
+        );
+        let bad = app
+            .post(&path, &json!({ "reviewer": " ", "intent": "card_arrival" }))
+            .await;
+        problem(bad, 422).await;
+        let bad = app.post(&path, &json!({ "reviewer": "ana" })).await;
+        problem(bad, 422).await;
+        let missing = format!("/v1/spot-checks/{}/label", uuid::Uuid::now_v7());
+        problem(
+            app.post(&missing, &json!({ "reviewer": "ana", "intent": "oos" }))
+                .await,
+            404,
+        )
+        .await;
+        problem(
+            app.post(
+                "/v1/spot-checks/nope/label",
+                &json!({ "reviewer": "ana", "intent": "oos" }),
+            )
+            .await,
+            404,
+        )
+        .await;
+        problem(app.get("/v1/spot-checks?state=done").await, 422).await;
+        problem(app.get("/v1/spot-checks?days=0").await, 422).await;
+        let still: Value = app
+            .get(&format!("/v1/spot-checks/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(still["label_intent"].is_null(), "{still}");
+
+        // Wrong first, then corrected to right.
+        let r = app
+            .post(
+                &path,
+                &json!({ "reviewer": "ana", "intent": "card_delivery_estimate" }),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{label}");
+        let list: Value = app
+            .get("/v1/spot-checks?state=labelled")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["summary"]["right"], 0, "{list}");
+        let r = app
+            .post(
+                &path,
+                &json!({ "reviewer": "bo", "intent": "card_arrival" }),
+            )
+            .await;
+        let labelled: Value = r.json().await.unwrap();
+        assert_eq!(labelled["label_intent"], "card_arrival");
+        assert_eq!(labelled["reviewer"], "bo");
+        let list: Value = app
+            .get("/v1/spot-checks?state=labelled")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        assert_eq!(list["summary"]["labelled"], 1);
+        assert_eq!(list["summary"]["right"], 1);
+        assert_eq!(list["summary"]["accuracy"], 1.0);
+        let interval = list["summary"]["interval"].as_array().unwrap();
+        assert!(
+            interval[0].as_f64().unwrap() < 0.3 && interval[1] == 1.0,
+            "{list}"
+        );
+        let pending: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
+        assert!(pending["items"].as_array().unwrap().is_empty());
+    }
+    // Off by default: nothing is sampled.
+    let app = support::spawn_app().await;
+    let answered = app
+        .message(
+            "cust-1",
+            "My new card still hasn't arrived, it's been 10 days",
+        )
+        .await;
+    assert_eq!(answered["outcome"], "answered");
+    let list: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
+    assert_eq!(list["summary"]["sampled"], 0, "{list}");
+}

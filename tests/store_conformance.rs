@@ -97,6 +97,7 @@ async fn exchange(
     };
     store
         .record_exchange(&Exchange {
+            spot_check: (plan == "spot_check").then_some(review_id),
             tenant_id: tenant,
             new_conversation: Some(Conversation {
                 id: conversation_id,
@@ -117,7 +118,11 @@ async fn exchange(
         })
         .await
         .unwrap();
-    (conversation_id, (plan == "review").then_some(review_id))
+    // A review item's id, or a spot check's.
+    (
+        conversation_id,
+        (plan == "review" || plan == "spot_check").then_some(review_id),
+    )
 }
 
 fn claim(reviewer: &str, lease_secs: i64) -> Claim {
@@ -708,6 +713,7 @@ async fn a_failed_exchange_writes_nothing() {
         let inbound = message(Role::Customer, "second", None);
         let result = store
             .record_exchange(&Exchange {
+                spot_check: None,
                 tenant_id: t.id,
                 new_conversation: None,
                 conversation_id: conv,
@@ -747,6 +753,7 @@ async fn joining_an_open_item_appends_and_audits() {
         let inbound = message(Role::Customer, "any news?", None);
         store
             .record_exchange(&Exchange {
+                spot_check: None,
                 tenant_id: t.id,
                 new_conversation: None,
                 conversation_id: conv,
@@ -786,6 +793,7 @@ async fn idempotency_keys_are_unique_per_tenant() {
         let write = |tenant_id: Uuid, conversation: Uuid, new: bool| {
             let inbound = message(Role::Customer, "hi", Some(("key-1", "hash-1")));
             Exchange {
+                spot_check: None,
                 tenant_id,
                 new_conversation: new.then(|| Conversation {
                     id: conversation,
@@ -1715,5 +1723,138 @@ async fn labelled_messages_carry_the_routers_decision_per_tenant_and_since() {
             .await
             .unwrap();
         assert!(of_t1_later.is_empty(), "{label}: {of_t1_later:?}");
+    }
+}
+
+#[tokio::test]
+async fn spot_checks_wait_for_a_label_that_counts_and_teaches() {
+    for db in databases().await {
+        let label = db.label();
+        let store = store_for(&db).await;
+        let (t, other) = (tenant(store.as_ref()).await, tenant(store.as_ref()).await);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let (_, id) = exchange(store.as_ref(), t.id, "spot_check", 1, 60).await;
+            ids.push(id.unwrap());
+        }
+        exchange(store.as_ref(), t.id, "answer", 1, 60).await;
+        let pending = store.spot_checks(t.id, false, 10).await.unwrap();
+        assert_eq!(
+            pending.iter().map(|c| c.id).collect::<Vec<_>>(),
+            ids,
+            "{label}: oldest first, only the sampled answers"
+        );
+        let first = &pending[0];
+        assert_eq!(first.text, "where is my card", "{label}");
+        assert_eq!(first.routed_intent.as_deref(), Some("card_arrival"));
+        assert!((first.confidence - 0.42).abs() < 1e-9);
+        assert_eq!(
+            first.reply.as_deref(),
+            Some("draft reply"),
+            "{label}: the reply sent"
+        );
+        assert!(first.label_intent.is_none() && first.labelled_at.is_none());
+        let since = Utc::now() - Duration::days(1);
+        assert_eq!(
+            store.spot_check_counts(t.id, since).await.unwrap(),
+            SpotCheckCounts {
+                sampled: 3,
+                labelled: 0,
+                right: 0
+            },
+            "{label}"
+        );
+
+        // Another tenant neither sees nor labels them.
+        assert!(store.spot_check(other.id, ids[0]).await.unwrap().is_none());
+        let now = Utc::now();
+        assert!(
+            store
+                .label_spot_check(other.id, ids[0], "card_arrival", "eve", now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .spot_checks(other.id, false, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Right, wrong, then the wrong one corrected.
+        let right = store
+            .label_spot_check(t.id, ids[0], "card_arrival", "ana", now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (right.label_intent.as_deref(), right.reviewer.as_deref()),
+            (Some("card_arrival"), Some("ana"))
+        );
+        store
+            .label_spot_check(t.id, ids[1], "oos", "ana", now + Duration::seconds(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.spot_check_counts(t.id, since).await.unwrap(),
+            SpotCheckCounts {
+                sampled: 3,
+                labelled: 2,
+                right: 1
+            },
+            "{label}"
+        );
+        store
+            .label_spot_check(
+                t.id,
+                ids[1],
+                "card_arrival",
+                "bo",
+                now + Duration::seconds(2),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.spot_check_counts(t.id, since).await.unwrap(),
+            SpotCheckCounts {
+                sampled: 3,
+                labelled: 2,
+                right: 2
+            },
+            "{label}: a second label replaces the first"
+        );
+        let labelled = store.spot_checks(t.id, true, 10).await.unwrap();
+        assert_eq!(
+            labelled
+                .iter()
+                .map(|c| (c.id, c.reviewer.as_deref()))
+                .collect::<Vec<_>>(),
+            [(ids[1], Some("bo")), (ids[0], Some("ana"))],
+            "{label}: latest label first"
+        );
+        assert_eq!(store.spot_checks(t.id, false, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .spot_check_counts(t.id, Utc::now() + Duration::minutes(1))
+                .await
+                .unwrap(),
+            SpotCheckCounts::default(),
+            "{label}: counted by when they were sampled"
+        );
+
+        // Labels teach the router like reviewers' decisions do.
+        let examples = store.feedback_examples(100).await.unwrap();
+        assert_eq!(
+            examples,
+            [
+                ("card_arrival".to_string(), "where is my card".to_string()),
+                ("card_arrival".to_string(), "where is my card".to_string()),
+            ],
+            "{label}"
+        );
     }
 }

@@ -31,6 +31,103 @@ pub fn router() -> Router<AppState> {
         .route("/v1/reviews/{id}/reroute", post(reroute))
         .route("/v1/reviews/{id}/request-info", post(request_info))
         .route("/v1/reviews/{id}/assign", post(assign))
+        .route("/v1/spot-checks", get(spot_checks))
+        .route("/v1/spot-checks/{id}", get(spot_check))
+        .route("/v1/spot-checks/{id}/label", post(label_spot_check))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpotCheckLabel {
+    reviewer: String,
+    /// The intent the message was about: the routed one when the answer was
+    /// right, another SOP's intent, or `oos` when no SOP covers it.
+    intent: String,
+}
+
+/// The spot checks to label (`?state=pending`, the default, oldest first) or
+/// the labelled ones (`?state=labelled`, latest first), with the accuracy
+/// the labels of the last `?days=` (30) show.
+async fn spot_checks(
+    State(state): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let labelled = match query.get("state").map(String::as_str) {
+        None | Some("pending") => false,
+        Some("labelled") => true,
+        Some(other) => {
+            return Err(ApiError::field(
+                "state",
+                format!("`{other}` is not one of pending, labelled"),
+            ));
+        }
+    };
+    let limit = limit_of(&query)?;
+    let days = match query.get("days") {
+        None => 30,
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=3660).contains(&n) => n,
+            _ => return Err(ApiError::field("days", "must be an integer from 1 to 3660")),
+        },
+    };
+    let items = state.store.spot_checks(tenant.id, labelled, limit).await?;
+    let counts = state
+        .store
+        .spot_check_counts(tenant.id, Utc::now() - chrono::Duration::days(days))
+        .await?;
+    let summary =
+        crate::review::SpotCheckSummary::new(counts, state.config.routing.target_accuracy);
+    Ok(Json(
+        json!({ "items": items, "summary": summary, "days": days }),
+    ))
+}
+
+fn spot_check_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("spot check {id} not found")))
+}
+
+async fn spot_check(
+    State(state): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let check = state
+        .store
+        .spot_check(tenant.id, spot_check_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("spot check {id} not found")))?;
+    Ok(Json(json!(check)))
+}
+
+async fn label_spot_check(
+    State(state): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+    ApiJson(body, _): ApiJson<SpotCheckLabel>,
+) -> Result<Json<Value>, ApiError> {
+    let check = state
+        .reviews
+        .label_spot_check(tenant.id, spot_check_id(&id)?, &body.reviewer, &body.intent)
+        .await
+        .map_err(|err| match err {
+            crate::review::ReviewError::NotFound => {
+                ApiError::NotFound(format!("spot check {id} not found"))
+            }
+            other => other.into(),
+        })?;
+    Ok(Json(json!(check)))
+}
+
+/// `?limit=`: 1 to 500, 50 when absent.
+fn limit_of(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("limit") {
+        None => Ok(50),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=500).contains(&n) => Ok(n),
+            _ => Err(ApiError::field("limit", "must be an integer from 1 to 500")),
+        },
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,13 +207,7 @@ async fn list(
             ));
         }
     };
-    let limit = match query.get("limit") {
-        None => 50,
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(n) if (1..=500).contains(&n) => n,
-            _ => return Err(ApiError::field("limit", "must be an integer from 1 to 500")),
-        },
-    };
+    let limit = limit_of(&query)?;
     let filter = ReviewFilter {
         state: state_filter,
         limit,

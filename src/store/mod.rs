@@ -299,6 +299,36 @@ pub struct LabelledMessage {
     pub labelled_at: DateTime<Utc>,
 }
 
+/// An automatically answered message sampled for a reviewer to label
+/// (`review.spot_check_share`), with the router's decision and the reply sent.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SpotCheck {
+    pub id: Uuid,
+    pub decision_id: Uuid,
+    pub conversation_id: Uuid,
+    /// The customer's message.
+    pub text: String,
+    pub routed_intent: Option<String>,
+    pub confidence: f64,
+    pub sop_ref: Option<String>,
+    /// The reply that went out.
+    pub reply: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The reviewer's intent (`oos`: no SOP covers the message); `None` until labelled.
+    pub label_intent: Option<String>,
+    pub reviewer: Option<String>,
+    pub labelled_at: Option<DateTime<Utc>>,
+}
+
+/// A tenant's spot checks over a period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SpotCheckCounts {
+    pub sampled: i64,
+    pub labelled: i64,
+    /// Labelled with the intent the router chose.
+    pub right: i64,
+}
+
 /// One SOP version as loaded from disk, recorded so decisions can be traced to it.
 #[derive(Debug, Clone)]
 pub struct SopVersionRecord {
@@ -351,6 +381,8 @@ pub struct Exchange {
     pub review: ReviewPlan,
     /// Outbox rows (the reply's webhook, the new item's alerts).
     pub notifications: Vec<NewNotification>,
+    /// The id of a spot check of this automatic answer, when it was sampled.
+    pub spot_check: Option<Uuid>,
 }
 
 /// What an exchange does to the review queue.
@@ -901,7 +933,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<OutcomeCount>>;
     async fn review_feedback(&self, tenant_id: Uuid, review_id: Uuid) -> Result<Vec<Feedback>>;
     /// `(intent, customer text)` from reviewers' decisions across tenants:
-    /// the latest labelled row per item, the newest `limit` items, oldest
+    /// the latest labelled row per item and every labelled spot check, the
+    /// newest `limit` of them by when they were labelled, oldest
     /// first (a stable order, so the same feedback hashes to the same model).
     async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>>;
     /// Every item's latest labelled feedback row labelled at `since` or
@@ -912,6 +945,31 @@ pub trait Store: Send + Sync + 'static {
         tenant_id: Option<Uuid>,
         since: DateTime<Utc>,
     ) -> Result<Vec<LabelledMessage>>;
+    /// The tenant's spot checks still to label, oldest first, or the
+    /// labelled ones, most recently labelled first.
+    async fn spot_checks(
+        &self,
+        tenant_id: Uuid,
+        labelled: bool,
+        limit: i64,
+    ) -> Result<Vec<SpotCheck>>;
+    async fn spot_check(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<SpotCheck>>;
+    /// Records (or corrects) a reviewer's label; `None` when the tenant has
+    /// no such spot check.
+    async fn label_spot_check(
+        &self,
+        tenant_id: Uuid,
+        id: Uuid,
+        intent: &str,
+        reviewer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SpotCheck>>;
+    /// Spot checks sampled at `since` or later.
+    async fn spot_check_counts(
+        &self,
+        tenant_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> Result<SpotCheckCounts>;
 }
 
 impl Backend {

@@ -72,9 +72,19 @@ macro_rules! review_columns {
 }
 pub(crate) use review_columns;
 
+/// A spot check with its decision and customer message, as `SpotCheck` reads it.
+macro_rules! spot_check_select {
+    () => {
+        "SELECT s.id, s.decision_id, d.conversation_id, m.body AS text, d.intent AS routed_intent, d.confidence, d.sop_ref, \
+         d.draft AS reply, s.created_at, s.label_intent, s.reviewer, s.labelled_at \
+         FROM spot_checks s JOIN decisions d ON d.id = s.decision_id JOIN messages m ON m.id = d.message_id"
+    };
+}
+pub(crate) use spot_check_select;
+
 macro_rules! impl_store {
     ($store:ty, $db:ty, backend = $backend:expr, skip_locked = $skip_locked:literal, for_update = $for_update:literal) => {
-        use $crate::store::sql::{conflict_name, json, like_escape, review_columns, FastPaths};
+        use $crate::store::sql::{conflict_name, json, like_escape, review_columns, spot_check_select, FastPaths};
         use sqlx::types::Json;
         use $crate::store::*;
 
@@ -804,6 +814,16 @@ macro_rules! impl_store {
                     insert_message(&mut tx, ex.tenant_id, ex.conversation_id, reply).await?;
                 }
                 insert_notifications(&mut tx, ex.tenant_id, &ex.notifications, now).await?;
+                if let Some(id) = ex.spot_check {
+                    sqlx::query("INSERT INTO spot_checks (id, tenant_id, decision_id, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(id)
+                        .bind(ex.tenant_id)
+                        .bind(d.id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                }
                 tx.commit().await?;
                 Ok(())
             }
@@ -1515,14 +1535,77 @@ macro_rules! impl_store {
                 Ok(query.fetch_all(&self.pool).await?)
             }
 
+            async fn spot_checks(&self, tenant_id: Uuid, labelled: bool, limit: i64) -> Result<Vec<SpotCheck>> {
+                let sql = if labelled {
+                    concat!(spot_check_select!(), " WHERE s.tenant_id = $1 AND s.labelled_at IS NOT NULL ORDER BY s.labelled_at DESC, s.id DESC LIMIT $2")
+                } else {
+                    concat!(spot_check_select!(), " WHERE s.tenant_id = $1 AND s.labelled_at IS NULL ORDER BY s.created_at, s.id LIMIT $2")
+                };
+                Ok(sqlx::query_as::<_, SpotCheck>(sql)
+                    .bind(tenant_id)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn spot_check(&self, tenant_id: Uuid, id: Uuid) -> Result<Option<SpotCheck>> {
+                Ok(sqlx::query_as::<_, SpotCheck>(concat!(spot_check_select!(), " WHERE s.tenant_id = $1 AND s.id = $2"))
+                    .bind(tenant_id)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn label_spot_check(
+                &self,
+                tenant_id: Uuid,
+                id: Uuid,
+                intent: &str,
+                reviewer: &str,
+                now: DateTime<Utc>,
+            ) -> Result<Option<SpotCheck>> {
+                let updated = sqlx::query(
+                    "UPDATE spot_checks SET label_intent = $3, reviewer = $4, labelled_at = $5 WHERE tenant_id = $1 AND id = $2",
+                )
+                .bind(tenant_id)
+                .bind(id)
+                .bind(intent)
+                .bind(reviewer)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if updated == 0 {
+                    return Ok(None);
+                }
+                self.spot_check(tenant_id, id).await
+            }
+
+            async fn spot_check_counts(&self, tenant_id: Uuid, since: DateTime<Utc>) -> Result<SpotCheckCounts> {
+                Ok(sqlx::query_as::<_, SpotCheckCounts>(
+                    "SELECT COUNT(*) AS sampled, COUNT(s.labelled_at) AS labelled, \
+                     COUNT(CASE WHEN s.label_intent = d.intent THEN 1 END) AS \"right\" \
+                     FROM spot_checks s JOIN decisions d ON d.id = s.decision_id WHERE s.tenant_id = $1 AND s.created_at >= $2",
+                )
+                .bind(tenant_id)
+                .bind(since)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
             async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>> {
                 Ok(sqlx::query_as::<_, (String, String)>(
                     "SELECT label_intent, customer_text FROM (\
-                     SELECT f.label_intent, f.customer_text, f.created_at, f.id FROM feedback f \
+                     SELECT f.label_intent, f.customer_text, f.created_at AS labelled_at, f.id FROM feedback f \
                      WHERE f.label_intent IS NOT NULL AND NOT EXISTS (\
                      SELECT 1 FROM feedback g WHERE g.review_id = f.review_id AND g.label_intent IS NOT NULL \
                      AND (g.created_at > f.created_at OR (g.created_at = f.created_at AND g.id > f.id))) \
-                     ORDER BY f.created_at DESC, f.id DESC LIMIT $1) recent ORDER BY created_at, id",
+                     UNION ALL \
+                     SELECT s.label_intent, m.body, s.labelled_at, s.id FROM spot_checks s \
+                     JOIN decisions d ON d.id = s.decision_id JOIN messages m ON m.id = d.message_id \
+                     WHERE s.label_intent IS NOT NULL \
+                     ORDER BY labelled_at DESC, id DESC LIMIT $1) recent ORDER BY labelled_at, id",
                 )
                 .bind(limit)
                 .fetch_all(&self.pool)

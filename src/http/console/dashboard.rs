@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
@@ -15,7 +14,7 @@ use serde_json::json;
 
 use super::charts::{self, Bar, Format, Series};
 use super::session::ConsoleUser;
-use super::{Page, ago, format_duration_secs, message_page, render};
+use super::{Page, ago, format_duration_secs, render};
 use crate::config::Config;
 use crate::http::AppState;
 use crate::routing::Classifier;
@@ -341,20 +340,13 @@ pub async fn page(
         let items = state.store.review_timelines(tenant, since).await?;
         let outcomes = state.store.decision_outcomes(tenant, since).await?;
         let models = state.store.router_models(ROUTER_MODELS_LISTED).await?;
-        Ok::<_, crate::store::StoreError>((items, outcomes, models))
+        let spot_checks = super::spot_checks::summary(&state, tenant).await?;
+        Ok::<_, crate::store::StoreError>((items, outcomes, models, spot_checks))
     }
     .await;
-    let (items, outcomes, models) = match data {
+    let (items, outcomes, models, spot_checks) = match data {
         Ok(data) => data,
-        Err(err) => {
-            tracing::error!(error = %err, "dashboard query failed");
-            return message_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &user,
-                "Unavailable",
-                "The database did not answer.",
-            );
-        }
+        Err(err) => return super::unavailable(&user, err),
     };
     let mut page = Page::for_user("Dashboard", &user, "dashboard");
     page.insert("days", &days);
@@ -363,6 +355,14 @@ pub async fn page(
     page.insert(
         "router",
         &router_view(&state.pipeline.classifier(), &models, &state.config, now),
+    );
+    page.insert(
+        "spot_checks",
+        &super::spot_checks::summary_sentence(
+            &spot_checks,
+            super::spot_checks::SUMMARY_DAYS,
+            state.config.review.spot_check_share,
+        ),
     );
     render("dashboard.html", &page)
 }

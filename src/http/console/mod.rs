@@ -29,6 +29,7 @@ mod dashboard;
 mod live;
 mod pages;
 mod session;
+mod spot_checks;
 
 /// Templates, compiled into the binary.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -75,6 +76,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "notifications.html",
         include_str!("../../../web/templates/notifications.html"),
+    ),
+    (
+        "spot_checks.html",
+        include_str!("../../../web/templates/spot_checks.html"),
     ),
 ];
 
@@ -132,6 +137,8 @@ pub fn router() -> Router<AppState> {
         .route("/console/items/{id}/heartbeat", post(pages::heartbeat))
         .route("/console/items/{id}/{action}", post(pages::act))
         .route("/console/history", get(pages::history))
+        .route("/console/spot-checks", get(spot_checks::page))
+        .route("/console/spot-checks/{id}", post(spot_checks::label))
         .route("/console/dashboard", get(dashboard::page))
         .route("/console/users", get(admin::users).post(admin::add_user))
         .route("/console/users/state", post(admin::set_user_state))
@@ -241,6 +248,17 @@ pub fn render(template: &str, page: &Page) -> Response {
 }
 
 /// A page with only a heading and a message, for errors and notices.
+/// The page for a database that did not answer: logged, and nothing changed.
+pub fn unavailable(user: &ConsoleUser, err: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %err, "console page failed on the database");
+    message_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        user,
+        "Unavailable",
+        "The database did not answer. Try again shortly; nothing was changed.",
+    )
+}
+
 pub fn message_page(
     status: StatusCode,
     user: &ConsoleUser,

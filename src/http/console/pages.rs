@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::session::ConsoleUser;
-use super::{Page, ago, escape, message_page, render, render_status, sla_label};
+use super::{Page, ago, escape, message_page, render, render_status, sla_label, unavailable};
 use crate::http::AppState;
 use crate::review::{Action, ReviewError, effective_state};
 use crate::routing::screen;
@@ -385,16 +385,6 @@ fn not_found(user: &ConsoleUser) -> Response {
         user,
         "Not found",
         "There is no such review item in your workspace.",
-    )
-}
-
-fn unavailable(user: &ConsoleUser, err: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %err, "console page failed on the database");
-    message_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        user,
-        "Unavailable",
-        "The database did not answer. Try again shortly; nothing was changed.",
     )
 }
 
