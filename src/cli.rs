@@ -163,17 +163,19 @@ pub enum Command {
 pub enum FeedbackCommand {
     /// Write the messages reviewers labelled as CSV: the labelled traffic to measure the router on.
     ///
-    /// One row per review item with a label, its latest (the labels routing.learn_from_feedback
-    /// draws on): text, intent (the reviewer's; `oos` when no SOP covers the message),
-    /// routed_intent and confidence (what the router said), tenant, labelled_at, action, reviewer
-    /// and review_id. `sopr eval --sops sops --test FILE` then measures how the SOPs' examples route
-    /// real messages and why serve would send them to review; `sopr eval --data FILE --folds 5`
-    /// how well the labels can be learnt; `sopr train --data FILE` trains on them.
+    /// One row per review item with a label (its latest) and per labelled spot check, the labels
+    /// routing.learn_from_feedback draws on: text, intent (the reviewer's; `oos` when no SOP
+    /// covers the message), routed_intent and confidence (what the router said), tenant,
+    /// labelled_at, source (`review` or `spot_check`), action, reviewer and id (the review item's
+    /// or the spot check's). `sopr eval --sops sops --test FILE` then measures how the SOPs'
+    /// examples route real messages and why serve would send them to review; `sopr eval --data
+    /// FILE --folds 5` how well the labels can be learnt; `sopr train --data FILE` trains on them.
     ///
-    /// These messages are not a sample of all traffic: many reached a reviewer because the router
+    /// Review items are not a sample of all traffic: many reached a reviewer because the router
     /// was unsure of them, so the router's accuracy on them is usually lower than on the messages
-    /// it answers. Card numbers, IBANs, national ids, emails and phone numbers are masked
-    /// as in serve's logs unless --raw.
+    /// it answers. Spot checks (review.spot_check_share) are a random sample of the automatic
+    /// answers: `--source spot-check` exports those alone. Card numbers, IBANs, national ids,
+    /// emails and phone numbers are masked as in serve's logs unless --raw.
     Export {
         /// Only this tenant's messages [default: every tenant's]
         #[arg(long, value_name = "NAME")]
@@ -188,7 +190,36 @@ pub enum FeedbackCommand {
         /// Keep the messages' text as stored, personal data included
         #[arg(long)]
         raw: bool,
+        /// Only labels from review items, or only from spot checks of automatic answers
+        /// [default: both]
+        #[arg(long, value_enum)]
+        source: Option<LabelSource>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LabelSource {
+    Review,
+    SpotCheck,
+}
+
+impl LabelSource {
+    /// The `source` column's value.
+    fn as_str(self) -> &'static str {
+        match self {
+            LabelSource::Review => "review",
+            LabelSource::SpotCheck => "spot_check",
+        }
+    }
+}
+
+/// What `sopr feedback export` writes.
+struct ExportRequest<'a> {
+    tenant: Option<&'a str>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    source: Option<LabelSource>,
+    out: Option<&'a std::path::Path>,
+    raw: bool,
 }
 
 /// `--since`: an RFC 3339 timestamp, or a date meaning its midnight UTC.
@@ -354,7 +385,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             since,
             out,
             raw,
-        }) => export_feedback(config, tenant.as_deref(), since, out.as_deref(), raw).await,
+            source,
+        }) => {
+            let request = ExportRequest {
+                tenant: tenant.as_deref(),
+                since,
+                source,
+                out: out.as_deref(),
+                raw,
+            };
+            export_feedback(config, &request).await
+        }
         Command::Eval {
             train,
             sops,
@@ -1157,13 +1198,14 @@ const ROUTER_MODELS_LISTED: i64 = 100;
 
 /// The stored version `given` names: the whole version, or a unique start of
 /// it, with or without the model kind (`lr10-`).
-async fn export_feedback(
-    config: Config,
-    tenant: Option<&str>,
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    out: Option<&std::path::Path>,
-    raw: bool,
-) -> anyhow::Result<ExitCode> {
+async fn export_feedback(config: Config, request: &ExportRequest<'_>) -> anyhow::Result<ExitCode> {
+    let ExportRequest {
+        tenant,
+        since,
+        source,
+        out,
+        raw,
+    } = *request;
     let store = crate::service::connect_store(&config).await?;
     if config.database.migrate_on_start {
         store.migrate().await.context("cannot apply migrations")?;
@@ -1185,8 +1227,17 @@ async fn export_feedback(
             since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
     }
+    if let Some(source) = source {
+        scope += match source {
+            LabelSource::Review => " from review items",
+            LabelSource::SpotCheck => " from spot checks",
+        };
+    }
     let since = since.unwrap_or(chrono::DateTime::UNIX_EPOCH);
-    let rows = store.labelled_messages(tenant_id, since).await?;
+    let mut rows = store.labelled_messages(tenant_id, since).await?;
+    if let Some(source) = source {
+        rows.retain(|r| r.source == source.as_str());
+    }
     let sink: Box<dyn std::io::Write> = match out {
         Some(path) => Box::new(
             std::fs::File::create(path)
@@ -1202,9 +1253,10 @@ async fn export_feedback(
         "confidence",
         "tenant",
         "labelled_at",
+        "source",
         "action",
         "reviewer",
-        "review_id",
+        "id",
     ])?;
     for row in &rows {
         let text = if raw {
@@ -1220,9 +1272,10 @@ async fn export_feedback(
             &row.tenant,
             &row.labelled_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            &row.source,
             &row.action,
             &row.reviewer,
-            &row.review_id.to_string(),
+            &row.id.to_string(),
         ])?;
     }
     writer.flush().context("cannot write the export")?;
@@ -1230,8 +1283,9 @@ async fn export_feedback(
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `feedback export` wrote, and how often the reviewers kept the
-/// router's intent.
+/// What `feedback export` wrote, and how often the router's intent was the
+/// reviewer's: on review items (mostly messages it was unsure of) and on spot
+/// checks (a sample of its automatic answers), apart.
 fn export_summary(
     rows: &[crate::store::LabelledMessage],
     scope: &str,
@@ -1240,7 +1294,7 @@ fn export_summary(
     let to = out.map_or(String::new(), |p| format!(" to {}", p.display()));
     if rows.is_empty() {
         return format!(
-            "no labelled messages{scope}{to}: reviewers label a message when they resolve or reroute its review item"
+            "no labelled messages{scope}{to}: reviewers label a message when they resolve or reroute its review item, or label a spot check"
         );
     }
     let tenants: std::collections::BTreeSet<&str> =
@@ -1255,16 +1309,48 @@ fn export_summary(
             if tenants.len() == 1 { "" } else { "s" }
         )
     };
-    let kept = rows
-        .iter()
-        .filter(|r| r.routed_intent.as_deref() == Some(r.intent.as_str()))
-        .count();
+    let part = |source: LabelSource, (one, many): (&str, &str), kept: &str| {
+        let of: Vec<_> = rows
+            .iter()
+            .filter(|r| r.source == source.as_str())
+            .collect();
+        let same = of
+            .iter()
+            .filter(|r| r.routed_intent.as_deref() == Some(r.intent.as_str()))
+            .count();
+        (!of.is_empty()).then(|| {
+            format!(
+                "{} {}, {kept} for {same} ({:.1}%)",
+                of.len(),
+                if of.len() == 1 { one } else { many },
+                100.0 * same as f64 / of.len() as f64
+            )
+        })
+    };
+    let parts: Vec<String> = [
+        part(
+            LabelSource::Review,
+            ("from a review item", "from review items"),
+            "the router's intent kept",
+        ),
+        part(
+            LabelSource::SpotCheck,
+            (
+                "spot check of automatic answers",
+                "spot checks of automatic answers",
+            ),
+            "routed right",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let oos = rows.iter().filter(|r| r.intent == "oos").count();
     format!(
-        "exported {} labelled message{}{of_tenants}{scope}{to}: the router's intent was the reviewer's for {kept} ({:.1}%), {oos} labelled `oos` (no SOP covers them)",
+        "exported {} labelled message{}{of_tenants}{scope}{to}: {}; {oos} labelled `oos` (no SOP covers them)",
         rows.len(),
         if rows.len() == 1 { "" } else { "s" },
-        100.0 * kept as f64 / rows.len() as f64,
+        parts.join("; "),
     )
 }
 

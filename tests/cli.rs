@@ -873,7 +873,7 @@ async fn a_running_serve_follows_a_pin_and_its_lifting() {
 async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
     for db in support::databases().await {
         let label = db.label();
-        let app = support::spawn_app_on(db, |_| {}).await;
+        let app = support::spawn_app_on(db, |c| c.review.spot_check_share = 1.0).await;
         let url = app.db.url().to_string();
         // (message, reviewer's resolution): a card number in a request for a
         // person, an off-topic message, and one left unlabelled.
@@ -910,14 +910,33 @@ async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
                 .await;
             assert_eq!(r.status(), 200, "{label}: {}", r.text().await.unwrap());
         }
+        // An automatic answer, spot-checked and found right, after them.
+        let answered = app
+            .message("c9", "My new card still hasn't arrived, it's been 10 days")
+            .await;
+        assert_eq!(answered["outcome"], "answered", "{label}: {answered}");
+        let checks: serde_json::Value = app.get("/v1/spot-checks").await.json().await.unwrap();
+        let check = checks["items"][0]["id"].as_str().unwrap().to_string();
+        let r = app
+            .post(
+                &format!("/v1/spot-checks/{check}/label"),
+                &serde_json::json!({ "reviewer": "ana", "intent": "card_arrival" }),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{label}");
         let header =
-            "text,intent,routed_intent,confidence,tenant,labelled_at,action,reviewer,review_id";
+            "text,intent,routed_intent,confidence,tenant,labelled_at,source,action,reviewer,id";
 
         // Standard output, masked.
         let (code, out, err) = run_on(&url, "feedback", &["export"]);
         assert_eq!(code, Some(0), "{label}: {err}");
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 3, "{label}: {out}");
+        assert_eq!(lines.len(), 4, "{label}: {out}");
+        assert!(
+            lines[3].contains(",card_arrival,card_arrival,")
+                && lines[3].ends_with(&format!(",spot_check,label,ana,{check}")),
+            "{label}: {out}"
+        );
         assert_eq!(lines[0], header);
         assert!(
             lines[1].starts_with(
@@ -929,9 +948,9 @@ async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
             lines[1].contains(&format!(",{},", app.tenant.name)),
             "{out}"
         );
-        assert!(lines[1].contains(",edit,ana,"), "{out}");
+        assert!(lines[1].contains(",review,edit,ana,"), "{out}");
         assert!(
-            lines[2].contains(",oos,") && lines[2].contains(",reject,ana,"),
+            lines[2].contains(",oos,") && lines[2].contains(",review,reject,ana,"),
             "{out}"
         );
         assert!(
@@ -939,10 +958,20 @@ async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
             "{label}: the card number is masked: {out}"
         );
         assert!(
-            err.contains("exported 2 labelled messages of 1 tenant:"),
+            err.contains("exported 3 labelled messages of 1 tenant: 2 from review items, the router's intent kept for 1 (50.0%); 1 spot check of automatic answers, routed right for 1 (100.0%); 1 labelled `oos`"),
             "{label}: {err}"
         );
-        assert!(err.contains("1 labelled `oos`"), "{err}");
+
+        // One source only.
+        let (code, out, err) = run_on(&url, "feedback", &["export", "--source", "spot-check"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(out.contains(",spot_check,label,ana,"), "{out}");
+        assert!(err.contains("from spot checks"), "{err}");
+        let (code, out, err) = run_on(&url, "feedback", &["export", "--source", "review"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(!out.contains("spot_check"), "{out}");
 
         // A file, as stored, of one tenant.
         let dir = tempfile::tempdir().unwrap();
@@ -961,7 +990,7 @@ async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
             written.contains("4111 1111 1111 1111"),
             "{label}: {written}"
         );
-        assert_eq!(written.lines().count(), 3, "{written}");
+        assert_eq!(written.lines().count(), 4, "{written}");
         assert!(
             err.contains(&format!("of tenant {tenant}")) && err.contains(file_arg),
             "{err}"
@@ -994,7 +1023,7 @@ async fn feedback_export_writes_what_reviewers_labelled_for_eval() {
             ],
         );
         assert_eq!(code, Some(0), "{label}: {err}");
-        assert!(out.contains("test examples     2"), "{out}");
+        assert!(out.contains("test examples     3"), "{out}");
         assert!(out.contains("out-of-scope      1 rows"), "{out}");
     }
 }

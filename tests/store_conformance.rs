@@ -1669,6 +1669,20 @@ async fn labelled_messages_carry_the_routers_decision_per_tenant_and_since() {
             r.now = at;
             store.resolve_review(t.id, &r).await.unwrap();
         }
+        // A spot check of t1 labelled 30 minutes ago: exported beside them.
+        let (_, check) = exchange(store.as_ref(), t1.id, "spot_check", 1, 60).await;
+        let check = check.unwrap();
+        store
+            .label_spot_check(
+                t1.id,
+                check,
+                "card_delivery_estimate",
+                "bo",
+                now - Duration::minutes(30),
+            )
+            .await
+            .unwrap()
+            .unwrap();
         let intents = |rows: &[LabelledMessage]| -> Vec<String> {
             rows.iter().map(|r| r.intent.clone()).collect()
         };
@@ -1680,8 +1694,29 @@ async fn labelled_messages_carry_the_routers_decision_per_tenant_and_since() {
             .collect();
         assert_eq!(
             intents(&all),
-            ["card_arrival", "oos", "card_delivery_estimate"],
+            [
+                "card_arrival",
+                "oos",
+                "card_delivery_estimate",
+                "card_delivery_estimate"
+            ],
             "{label}: oldest first, the latest label of each item, none for an item without one"
+        );
+        let spot = &all[2];
+        assert_eq!(
+            (
+                spot.id,
+                spot.source.as_str(),
+                spot.action.as_str(),
+                spot.reviewer.as_str()
+            ),
+            (check, "spot_check", "label", "bo"),
+            "{label}"
+        );
+        assert_eq!(spot.routed_intent.as_deref(), Some("card_arrival"));
+        assert_eq!(
+            (all[3].source.as_str(), all[3].tenant.as_str()),
+            ("review", t2.name.as_str())
         );
         let first = &all[0];
         assert_eq!(first.tenant, t1.name, "{label}");
@@ -1709,7 +1744,12 @@ async fn labelled_messages_carry_the_routers_decision_per_tenant_and_since() {
             first.labelled_at
         );
         let of_t1 = store.labelled_messages(Some(t1.id), epoch).await.unwrap();
-        assert_eq!(intents(&of_t1), ["card_arrival", "oos"], "{label}");
+        assert_eq!(
+            intents(&of_t1),
+            ["card_arrival", "oos", "card_delivery_estimate"],
+            "{label}"
+        );
+        assert_eq!(of_t1[0].source, "review", "{label}");
         let recent = now - Duration::minutes(90);
         let since = store.labelled_messages(None, recent).await.unwrap();
         assert!(
@@ -1719,7 +1759,7 @@ async fn labelled_messages_carry_the_routers_decision_per_tenant_and_since() {
         let of_t2 = store.labelled_messages(Some(t2.id), recent).await.unwrap();
         assert_eq!(intents(&of_t2), ["card_delivery_estimate"], "{label}");
         let of_t1_later = store
-            .labelled_messages(Some(t1.id), now - Duration::minutes(30))
+            .labelled_messages(Some(t1.id), now - Duration::minutes(20))
             .await
             .unwrap();
         assert!(of_t1_later.is_empty(), "{label}: {of_t1_later:?}");

@@ -284,7 +284,11 @@ pub struct Feedback {
 /// one row of `sopr feedback export`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LabelledMessage {
-    pub review_id: Uuid,
+    /// The review item's id, or the spot check's.
+    pub id: Uuid,
+    /// `review` (a review item's latest label) or `spot_check` (a labelled
+    /// automatic answer).
+    pub source: String,
     pub tenant: String,
     pub text: String,
     /// The intent the reviewer confirmed or gave (`oos`: no SOP covers it).
@@ -293,7 +297,7 @@ pub struct LabelledMessage {
     pub routed_intent: Option<String>,
     /// The router's calibrated confidence in `routed_intent`.
     pub confidence: f64,
-    /// What the reviewer did: `approve`, `edit`, `reroute`, …
+    /// What the reviewer did: `approve`, `edit`, `reroute`, … (`label` for a spot check)
     pub action: String,
     pub reviewer: String,
     pub labelled_at: DateTime<Utc>,
@@ -937,9 +941,10 @@ pub trait Store: Send + Sync + 'static {
     /// newest `limit` of them by when they were labelled, oldest
     /// first (a stable order, so the same feedback hashes to the same model).
     async fn feedback_examples(&self, limit: i64) -> Result<Vec<(String, String)>>;
-    /// Every item's latest labelled feedback row labelled at `since` or
-    /// later, of one tenant or of all, oldest first: the rows
-    /// `feedback_examples` draws from, with the router's decision beside them.
+    /// Every item's latest labelled feedback row and every labelled spot
+    /// check, labelled at `since` or later, of one tenant or of all, oldest
+    /// first: the rows `feedback_examples` draws from, with the router's
+    /// decision beside them.
     async fn labelled_messages(
         &self,
         tenant_id: Option<Uuid>,

@@ -1515,19 +1515,28 @@ macro_rules! impl_store {
                 macro_rules! labelled_sql {
                     ($tenant:literal) => {
                         concat!(
-                            "SELECT f.review_id, t.name AS tenant, f.customer_text AS text, f.label_intent AS intent, \
-                             f.predicted_intent AS routed_intent, d.confidence, f.action, f.reviewer, f.created_at AS labelled_at \
+                            "SELECT * FROM (\
+                             SELECT f.review_id AS id, 'review' AS source, t.name AS tenant, f.customer_text AS text, \
+                             f.label_intent AS intent, f.predicted_intent AS routed_intent, d.confidence, f.action, f.reviewer, \
+                             f.created_at AS labelled_at, f.id AS row_id \
                              FROM feedback f JOIN decisions d ON d.id = f.decision_id JOIN tenants t ON t.id = f.tenant_id \
                              WHERE f.label_intent IS NOT NULL AND f.created_at >= $1",
                             $tenant,
                             " AND NOT EXISTS (SELECT 1 FROM feedback g WHERE g.review_id = f.review_id AND g.label_intent IS NOT NULL \
                              AND (g.created_at > f.created_at OR (g.created_at = f.created_at AND g.id > f.id))) \
-                             ORDER BY f.created_at, f.id"
+                             UNION ALL \
+                             SELECT s.id, 'spot_check', t.name, m.body, s.label_intent, d.intent, d.confidence, 'label', \
+                             COALESCE(s.reviewer, ''), s.labelled_at, s.id \
+                             FROM spot_checks s JOIN decisions d ON d.id = s.decision_id JOIN messages m ON m.id = d.message_id \
+                             JOIN tenants t ON t.id = s.tenant_id \
+                             WHERE s.label_intent IS NOT NULL AND s.labelled_at >= $1",
+                            $tenant,
+                            ") labelled ORDER BY labelled_at, row_id"
                         )
                     };
                 }
                 let query = match tenant_id {
-                    Some(tenant_id) => sqlx::query_as::<_, LabelledMessage>(labelled_sql!(" AND f.tenant_id = $2"))
+                    Some(tenant_id) => sqlx::query_as::<_, LabelledMessage>(labelled_sql!(" AND t.id = $2"))
                         .bind(since)
                         .bind(tenant_id),
                     None => sqlx::query_as::<_, LabelledMessage>(labelled_sql!("")).bind(since),
