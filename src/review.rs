@@ -17,7 +17,7 @@ use crate::routing::eval::OUT_OF_SCOPE;
 use crate::sop::SopSet;
 use crate::store::{
     Claim, InfoRequest, NewFeedback, NewMessage, NewReviewEvent, Reroute, Resolution, ReviewItem,
-    ReviewState, Role, SpotCheck, SpotCheckCounts, Store, StoreError,
+    ReviewState, Role, SopSpotChecks, SpotCheck, SpotCheckCounts, Store, StoreError,
 };
 
 /// What a reviewer does to finish an item.
@@ -578,6 +578,35 @@ impl SpotCheckSummary {
             interval,
             target,
             below_target: matches!((interval, target), (Some([_, high]), Some(t)) if high < t),
+        }
+    }
+}
+
+/// Spot checks of a period, in all and per SOP version that answered.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpotCheckReport {
+    pub total: SpotCheckSummary,
+    pub by_sop: Vec<SopSpotCheckSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SopSpotCheckSummary {
+    pub sop_ref: Option<String>,
+    #[serde(flatten)]
+    pub summary: SpotCheckSummary,
+}
+
+impl SpotCheckReport {
+    pub fn new(groups: &[SopSpotChecks], target: Option<f64>) -> SpotCheckReport {
+        SpotCheckReport {
+            total: SpotCheckSummary::new(SpotCheckCounts::total(groups), target),
+            by_sop: groups
+                .iter()
+                .map(|g| SopSpotCheckSummary {
+                    sop_ref: g.sop_ref.clone(),
+                    summary: SpotCheckSummary::new(g.counts, target),
+                })
+                .collect(),
         }
     }
 }

@@ -866,6 +866,11 @@ async fn reviewers_label_spot_checks_from_the_console() {
         "{page}"
     );
     assert!(page.contains("Consistent with the 98.0% target"), "{page}");
+    let by_sop = &page[page.find("id=\"spot-by-sop\"").expect("the per-SOP table")..];
+    assert!(
+        by_sop.contains("card-delivery@1#") && by_sop.contains("1 (100.0%)"),
+        "{by_sop}"
+    );
     let labelled: Value = app
         .get(&format!("/v1/spot-checks/{id}"))
         .await

@@ -786,6 +786,18 @@ async fn a_share_of_automatic_answers_waits_for_a_spot_check_label() {
         assert_eq!(list["summary"]["labelled"], 1);
         assert_eq!(list["summary"]["right"], 1);
         assert_eq!(list["summary"]["accuracy"], 1.0);
+        let by_sop = list["by_sop"].as_array().unwrap();
+        assert_eq!(by_sop.len(), 1, "{list}");
+        assert!(
+            by_sop[0]["sop_ref"]
+                .as_str()
+                .unwrap()
+                .starts_with("card-delivery@1#")
+        );
+        assert_eq!(
+            (by_sop[0]["labelled"].as_i64(), by_sop[0]["right"].as_i64()),
+            (Some(1), Some(1))
+        );
         let interval = list["summary"]["interval"].as_array().unwrap();
         assert!(
             interval[0].as_f64().unwrap() < 0.3 && interval[1] == 1.0,

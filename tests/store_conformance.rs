@@ -1796,7 +1796,7 @@ async fn spot_checks_wait_for_a_label_that_counts_and_teaches() {
         assert!(first.label_intent.is_none() && first.labelled_at.is_none());
         let since = Utc::now() - Duration::days(1);
         assert_eq!(
-            store.spot_check_counts(t.id, since).await.unwrap(),
+            SpotCheckCounts::total(&store.spot_check_counts(t.id, since).await.unwrap()),
             SpotCheckCounts {
                 sampled: 3,
                 labelled: 0,
@@ -1839,7 +1839,7 @@ async fn spot_checks_wait_for_a_label_that_counts_and_teaches() {
             .unwrap()
             .unwrap();
         assert_eq!(
-            store.spot_check_counts(t.id, since).await.unwrap(),
+            SpotCheckCounts::total(&store.spot_check_counts(t.id, since).await.unwrap()),
             SpotCheckCounts {
                 sampled: 3,
                 labelled: 2,
@@ -1859,7 +1859,7 @@ async fn spot_checks_wait_for_a_label_that_counts_and_teaches() {
             .unwrap()
             .unwrap();
         assert_eq!(
-            store.spot_check_counts(t.id, since).await.unwrap(),
+            SpotCheckCounts::total(&store.spot_check_counts(t.id, since).await.unwrap()),
             SpotCheckCounts {
                 sampled: 3,
                 labelled: 2,
@@ -1877,11 +1877,22 @@ async fn spot_checks_wait_for_a_label_that_counts_and_teaches() {
             "{label}: latest label first"
         );
         assert_eq!(store.spot_checks(t.id, false, 10).await.unwrap().len(), 1);
+        let groups = store.spot_check_counts(t.id, since).await.unwrap();
         assert_eq!(
-            store
-                .spot_check_counts(t.id, Utc::now() + Duration::minutes(1))
-                .await
-                .unwrap(),
+            groups
+                .iter()
+                .map(|g| (g.sop_ref.as_deref(), g.counts.labelled))
+                .collect::<Vec<_>>(),
+            [(Some("card-delivery@1#abcdefabcdef"), 2)],
+            "{label}: per SOP version that answered"
+        );
+        assert_eq!(
+            SpotCheckCounts::total(
+                &store
+                    .spot_check_counts(t.id, Utc::now() + Duration::minutes(1))
+                    .await
+                    .unwrap()
+            ),
             SpotCheckCounts::default(),
             "{label}: counted by when they were sampled"
         );

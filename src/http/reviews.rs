@@ -72,15 +72,17 @@ async fn spot_checks(
         },
     };
     let items = state.store.spot_checks(tenant.id, labelled, limit).await?;
-    let counts = state
+    let groups = state
         .store
         .spot_check_counts(tenant.id, Utc::now() - chrono::Duration::days(days))
         .await?;
-    let summary =
-        crate::review::SpotCheckSummary::new(counts, state.config.routing.target_accuracy);
-    Ok(Json(
-        json!({ "items": items, "summary": summary, "days": days }),
-    ))
+    let report = crate::review::SpotCheckReport::new(&groups, state.config.routing.target_accuracy);
+    Ok(Json(json!({
+        "items": items,
+        "summary": report.total,
+        "by_sop": report.by_sop,
+        "days": days,
+    })))
 }
 
 fn spot_check_id(id: &str) -> Result<Uuid, ApiError> {

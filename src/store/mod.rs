@@ -333,6 +333,28 @@ pub struct SpotCheckCounts {
     pub right: i64,
 }
 
+impl SpotCheckCounts {
+    /// The counts of every SOP version together.
+    pub fn total(groups: &[SopSpotChecks]) -> SpotCheckCounts {
+        groups
+            .iter()
+            .fold(SpotCheckCounts::default(), |t, g| SpotCheckCounts {
+                sampled: t.sampled + g.counts.sampled,
+                labelled: t.labelled + g.counts.labelled,
+                right: t.right + g.counts.right,
+            })
+    }
+}
+
+/// The spot checks of the automatic answers one SOP version gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SopSpotChecks {
+    pub sop_ref: Option<String>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub counts: SpotCheckCounts,
+}
+
 /// One SOP version as loaded from disk, recorded so decisions can be traced to it.
 #[derive(Debug, Clone)]
 pub struct SopVersionRecord {
@@ -969,12 +991,13 @@ pub trait Store: Send + Sync + 'static {
         reviewer: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<SpotCheck>>;
-    /// Spot checks sampled at `since` or later.
+    /// Spot checks sampled at `since` or later, per SOP version that
+    /// answered (ordered by it).
     async fn spot_check_counts(
         &self,
         tenant_id: Uuid,
         since: DateTime<Utc>,
-    ) -> Result<SpotCheckCounts>;
+    ) -> Result<Vec<SopSpotChecks>>;
 }
 
 impl Backend {

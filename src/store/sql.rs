@@ -1591,15 +1591,16 @@ macro_rules! impl_store {
                 self.spot_check(tenant_id, id).await
             }
 
-            async fn spot_check_counts(&self, tenant_id: Uuid, since: DateTime<Utc>) -> Result<SpotCheckCounts> {
-                Ok(sqlx::query_as::<_, SpotCheckCounts>(
-                    "SELECT COUNT(*) AS sampled, COUNT(s.labelled_at) AS labelled, \
+            async fn spot_check_counts(&self, tenant_id: Uuid, since: DateTime<Utc>) -> Result<Vec<SopSpotChecks>> {
+                Ok(sqlx::query_as::<_, SopSpotChecks>(
+                    "SELECT d.sop_ref, COUNT(*) AS sampled, COUNT(s.labelled_at) AS labelled, \
                      COUNT(CASE WHEN s.label_intent = d.intent THEN 1 END) AS \"right\" \
-                     FROM spot_checks s JOIN decisions d ON d.id = s.decision_id WHERE s.tenant_id = $1 AND s.created_at >= $2",
+                     FROM spot_checks s JOIN decisions d ON d.id = s.decision_id WHERE s.tenant_id = $1 AND s.created_at >= $2 \
+                     GROUP BY d.sop_ref ORDER BY d.sop_ref",
                 )
                 .bind(tenant_id)
                 .bind(since)
-                .fetch_one(&self.pool)
+                .fetch_all(&self.pool)
                 .await?)
             }
 

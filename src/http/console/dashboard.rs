@@ -340,7 +340,7 @@ pub async fn page(
         let items = state.store.review_timelines(tenant, since).await?;
         let outcomes = state.store.decision_outcomes(tenant, since).await?;
         let models = state.store.router_models(ROUTER_MODELS_LISTED).await?;
-        let spot_checks = super::spot_checks::summary(&state, tenant).await?;
+        let spot_checks = super::spot_checks::report(&state, tenant).await?.total;
         Ok::<_, crate::store::StoreError>((items, outcomes, models, spot_checks))
     }
     .await;

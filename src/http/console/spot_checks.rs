@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::session::ConsoleUser;
 use super::{Page, ago, message_page, render, unavailable};
 use crate::http::AppState;
-use crate::review::{ReviewError, SpotCheckSummary};
+use crate::review::{ReviewError, SopSpotCheckSummary, SpotCheckReport, SpotCheckSummary};
 use crate::routing::eval::OUT_OF_SCOPE;
 use crate::routing::screen;
 use crate::store::SpotCheck;
@@ -79,18 +79,33 @@ pub fn summary_sentence(summary: &SpotCheckSummary, days: i64, share: f64) -> St
     sentence
 }
 
-pub async fn summary(
+/// The spot checks of the last `SUMMARY_DAYS` days, in all and per SOP version.
+pub async fn report(
     state: &AppState,
     tenant: Uuid,
-) -> Result<SpotCheckSummary, crate::store::StoreError> {
-    let counts = state
+) -> Result<SpotCheckReport, crate::store::StoreError> {
+    let groups = state
         .store
         .spot_check_counts(tenant, Utc::now() - Duration::days(SUMMARY_DAYS))
         .await?;
-    Ok(SpotCheckSummary::new(
-        counts,
+    Ok(SpotCheckReport::new(
+        &groups,
         state.config.routing.target_accuracy,
     ))
+}
+
+/// A SOP version's line of the page's table.
+fn sop_row(s: &SopSpotCheckSummary) -> Value {
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    json!({
+        "sop_ref": s.sop_ref,
+        "sampled": s.summary.sampled,
+        "labelled": s.summary.labelled,
+        "right": s.summary.right,
+        "accuracy": s.summary.accuracy.map(pct),
+        "interval": s.summary.interval.map(|[low, high]| format!("{}–{}", pct(low), pct(high))),
+        "below_target": s.summary.below_target,
+    })
 }
 
 fn row(user: &ConsoleUser, check: &SpotCheck, now: chrono::DateTime<Utc>) -> Value {
@@ -133,11 +148,11 @@ pub async fn page(
             .store
             .spot_checks(tenant, true, LABELLED_SHOWN)
             .await?;
-        let summary = summary(&state, tenant).await?;
-        Ok::<_, crate::store::StoreError>((pending, labelled, summary))
+        let report = report(&state, tenant).await?;
+        Ok::<_, crate::store::StoreError>((pending, labelled, report))
     }
     .await;
-    let (pending, labelled, summary) = match data {
+    let (pending, labelled, report) = match data {
         Ok(data) => data,
         Err(err) => return unavailable(&user, err),
     };
@@ -153,7 +168,15 @@ pub async fn page(
     let mut page = Page::for_user("Spot checks", &user, "spot-checks");
     page.insert(
         "sentence",
-        &summary_sentence(&summary, SUMMARY_DAYS, state.config.review.spot_check_share),
+        &summary_sentence(
+            &report.total,
+            SUMMARY_DAYS,
+            state.config.review.spot_check_share,
+        ),
+    );
+    page.insert(
+        "by_sop",
+        &report.by_sop.iter().map(sop_row).collect::<Vec<_>>(),
     );
     page.insert(
         "notice",
