@@ -805,6 +805,13 @@ async fn a_share_of_automatic_answers_waits_for_a_spot_check_label() {
         );
         let pending: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
         assert!(pending["items"].as_array().unwrap().is_empty());
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.contains("sopr_spot_checks_total")
+                && metrics.contains("sopr_spot_checks_labelled_total{verdict=\"right\"}")
+                && metrics.contains("sopr_spot_checks_labelled_total{verdict=\"wrong\"}"),
+            "{metrics}"
+        );
     }
     // Off by default: nothing is sampled.
     let app = support::spawn_app().await;
