@@ -524,6 +524,8 @@ impl ReviewService {
 
     /// Records which intent a spot-checked automatic answer was about (the
     /// routed one when it was right). A second label corrects the first.
+    /// Confirming the routed intent is always allowed, even when no active
+    /// SOP has it any more: it says the answer given then was right.
     pub async fn label_spot_check(
         &self,
         tenant_id: Uuid,
@@ -533,7 +535,14 @@ impl ReviewService {
     ) -> Result<SpotCheck, ReviewError> {
         let reviewer = validate_reviewer(reviewer)?;
         let intent = non_empty("intent", intent)?;
-        self.validate_label(&intent)?;
+        let sampled = self
+            .store
+            .spot_check(tenant_id, id)
+            .await?
+            .ok_or(ReviewError::NotFound)?;
+        if sampled.routed_intent.as_deref() != Some(intent.as_str()) {
+            self.validate_label(&intent)?;
+        }
         let check = self
             .store
             .label_spot_check(tenant_id, id, &intent, &reviewer, Utc::now())

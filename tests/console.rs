@@ -788,13 +788,17 @@ async fn reviewers_label_spot_checks_from_the_console() {
     let app = support::spawn_app_on(support::TestDb::sqlite(), |c| {
         c.review.spot_check_share = 1.0;
         c.routing.target_accuracy = Some(0.98);
+        // A deployment that lets messages with personal data be answered:
+        // the page must still mask it for reviewers.
+        c.escalation.force_review_flags = vec!["human_requested".into()];
     })
     .await;
     add_user(&app, "bea@example.com", "reviewer", PASSWORD).await;
+    add_user(&app, "ada@example.com", "admin", PASSWORD).await;
     let answered = app
         .message(
             "cust-1",
-            "My new card still hasn't arrived, it's been 10 days",
+            "My new card still hasn't arrived, it's been 10 days. Card 4111 1111 1111 1111",
         )
         .await;
     assert_eq!(answered["outcome"], "answered", "{answered}");
@@ -814,6 +818,16 @@ async fn reviewers_label_spot_checks_from_the_console() {
         "{page}"
     );
     assert!(!page.contains("speak to a human"), "{page}");
+    assert!(
+        !page.contains("4111 1111 1111 1111") && page.contains("**** **** **** 1111"),
+        "a reviewer sees the card number masked: {page}"
+    );
+    let mut admin = ConsoleClient::login(&app, "ada@example.com", PASSWORD).await;
+    let whole = admin.page("/console/spot-checks").await;
+    assert!(
+        whole.contains("4111 1111 1111 1111"),
+        "an admin sees it whole"
+    );
     let list: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
     let id = list["items"][0]["id"].as_str().unwrap().to_string();
     assert!(

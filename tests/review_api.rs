@@ -825,3 +825,69 @@ async fn a_share_of_automatic_answers_waits_for_a_spot_check_label() {
     let list: Value = app.get("/v1/spot-checks").await.json().await.unwrap();
     assert_eq!(list["summary"]["sampled"], 0, "{list}");
 }
+
+#[tokio::test]
+async fn an_answer_of_a_retired_sop_can_still_be_confirmed_right() {
+    let db = support::TestDb::sqlite();
+    let url = db.url().to_string();
+    let before = support::spawn_app_on(db, |c| c.review.spot_check_share = 1.0).await;
+    let answered = before
+        .message(
+            "cust-1",
+            "My new card still hasn't arrived, it's been 10 days",
+        )
+        .await;
+    assert_eq!(answered["route"]["intent"], "card_arrival", "{answered}");
+    let list: Value = before.get("/v1/spot-checks").await.json().await.unwrap();
+    let id = list["items"][0]["id"].as_str().unwrap().to_string();
+
+    // The card-delivery SOP is then retired: its intents are no active SOP's.
+    let sops = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(support::sops_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("card-delivery") {
+            std::fs::copy(&path, sops.path().join(&name)).unwrap();
+        }
+    }
+    let same_db = support::TestDb::Sqlite {
+        url,
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let dir = sops.path().to_path_buf();
+    let after = support::spawn_app_for(same_db, &before.tenant.name, move |c| {
+        c.sops.dir = dir;
+    })
+    .await;
+    let path = format!("/v1/spot-checks/{id}/label");
+    // Another of its intents is no label any more…
+    let r = after
+        .post(
+            &path,
+            &json!({ "reviewer": "ana", "intent": "card_delivery_estimate" }),
+        )
+        .await;
+    let body = problem(r, 422).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not an intent of any active SOP"),
+        "{body}"
+    );
+    // …but the routed one still confirms the answer given then.
+    let r = after
+        .post(
+            &path,
+            &json!({ "reviewer": "ana", "intent": "card_arrival" }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let list: Value = after
+        .get("/v1/spot-checks?state=labelled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["summary"]["right"], 1, "{list}");
+}
