@@ -276,7 +276,7 @@ pub enum RouterCommand {
     /// SOPs: their messages go to other intents or to review while it is pinned.
     Pin {
         /// Model version as `sopr router list` shows it, or a unique start of it (with or
-        /// without the `lr10-` kind)
+        /// without the `lr11-` kind)
         version: String,
         /// Why, for the other operators and reviewers: shown by `router list`, on the console's
         /// dashboard and in serve's log when a replica switches
@@ -1197,7 +1197,7 @@ async fn router(config: Config, command: RouterCommand) -> anyhow::Result<ExitCo
 const ROUTER_MODELS_LISTED: i64 = 100;
 
 /// The stored version `given` names: the whole version, or a unique start of
-/// it, with or without the model kind (`lr10-`).
+/// it, with or without the model kind (`lr11-`).
 async fn export_feedback(config: Config, request: &ExportRequest<'_>) -> anyhow::Result<ExitCode> {
     let ExportRequest {
         tenant,

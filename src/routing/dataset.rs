@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::classifier::SplitMix64;
+use super::classifier::{SplitMix64, wording_hash};
 
 /// One `(intent, text)` pair per example.
 pub type Examples = Vec<(String, String)>;
@@ -93,15 +93,21 @@ pub fn read_csv(path: &Path) -> Result<Examples, DatasetError> {
     Ok(out)
 }
 
-/// The indices of each label's examples (labels in sorted order), each list
-/// shuffled by one generator seeded with `seed`: the draw both splits share.
-fn shuffled_by_label(examples: &[(String, String)], seed: u64) -> Vec<Vec<usize>> {
+/// The indices of each label's examples (labels in sorted order).
+fn indices_by_label(examples: &[(String, String)]) -> BTreeMap<&str, Vec<usize>> {
     let mut by_label: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, (label, _)) in examples.iter().enumerate() {
         by_label.entry(label).or_default().push(i);
     }
-    let mut rng = SplitMix64::new(seed);
     by_label
+}
+
+/// Each label's indices (labels in sorted order), each list shuffled by one
+/// generator seeded with `seed`: the draw `sopr eval`'s splits share. Adding
+/// or removing one example reshuffles every label after it.
+fn shuffled_by_label(examples: &[(String, String)], seed: u64) -> Vec<Vec<usize>> {
+    let mut rng = SplitMix64::new(seed);
+    indices_by_label(examples)
         .into_values()
         .map(|mut indices| {
             rng.shuffle(&mut indices);
@@ -110,15 +116,29 @@ fn shuffled_by_label(examples: &[(String, String)], seed: u64) -> Vec<Vec<usize>
         .collect()
 }
 
-/// Splits per label so every intent keeps its share in both parts. The same
-/// seed and data always give the same split.
-pub fn stratified_split(
+/// Each label's indices (labels in sorted order) in the order of a keyed hash
+/// of the example's wording ([`wording_hash`]): where an example falls
+/// depends on its own wording, its label and `seed`, not on the other
+/// examples, and copies of one wording sit side by side.
+fn hashed_by_label(examples: &[(String, String)], seed: u64) -> Vec<Vec<usize>> {
+    indices_by_label(examples)
+        .into_values()
+        .map(|mut indices| {
+            indices.sort_by_cached_key(|&i| (wording_hash(&examples[i].1, seed), i));
+            indices
+        })
+        .collect()
+}
+
+/// The first `test_fraction` of each label's ordered indices (rounded, at
+/// least one left for training) as the test part, the rest as training.
+fn split_in_order(
     examples: &[(String, String)],
+    ordered: impl IntoIterator<Item = Vec<usize>>,
     test_fraction: f64,
-    seed: u64,
 ) -> (Examples, Examples) {
     let (mut train, mut test) = (Vec::new(), Vec::new());
-    for indices in shuffled_by_label(examples, seed) {
+    for indices in ordered {
         let n_test = ((indices.len() as f64) * test_fraction).round() as usize;
         // Keep at least one training example per label.
         let n_test = n_test.min(indices.len().saturating_sub(1));
@@ -131,6 +151,16 @@ pub fn stratified_split(
         }
     }
     (train, test)
+}
+
+/// Splits per label so every intent keeps its share in both parts. The same
+/// seed and data always give the same split.
+pub fn stratified_split(
+    examples: &[(String, String)],
+    test_fraction: f64,
+    seed: u64,
+) -> (Examples, Examples) {
+    split_in_order(examples, shuffled_by_label(examples, seed), test_fraction)
 }
 
 /// Assigns every example one of `k` folds, stratified per label: each
@@ -148,6 +178,21 @@ pub fn stratified_folds(examples: &[(String, String)], k: usize, seed: u64) -> V
         }
     }
     fold
+}
+
+/// A per-label split like [`stratified_split`] that moves little when the
+/// data changes: each label's examples in the order of [`hashed_by_label`],
+/// the first `test_fraction` held out. An added example joins the test part
+/// only if it hashes among the first, and pushes at most one other example
+/// across. Calibration uses it, so that the held-out accuracies of two models
+/// trained on nearly the same data are measured on nearly the same examples
+/// (the "not worse" check of a retrain compares them).
+pub fn stable_split(
+    examples: &[(String, String)],
+    test_fraction: f64,
+    seed: u64,
+) -> (Examples, Examples) {
+    split_in_order(examples, hashed_by_label(examples, seed), test_fraction)
 }
 
 /// The examples outside fold `fold` (to train on) and those in it (to test
@@ -309,6 +354,71 @@ mod tests {
         }
         assert_eq!(stratified_folds(&data, 5, 3), folds);
         assert_ne!(stratified_folds(&data, 5, 4), folds);
+    }
+
+    #[test]
+    fn stable_split_is_stratified_and_deterministic() {
+        let data: Examples = (0..103)
+            .map(|i| (format!("l{}", i % 7), format!("text {i}")))
+            .collect();
+        let (train, test) = stable_split(&data, 0.2, 7);
+        assert_eq!(train.len() + test.len(), 103);
+        for label in 0..7 {
+            let label = format!("l{label}");
+            let n = data.iter().filter(|(l, _)| *l == label).count();
+            let held = test.iter().filter(|(l, _)| *l == label).count();
+            assert_eq!(held, ((n as f64) * 0.2).round() as usize, "{label}");
+        }
+        assert_eq!(stable_split(&data, 0.2, 7), (train, test.clone()));
+        assert_ne!(stable_split(&data, 0.2, 8).1, test);
+    }
+
+    #[test]
+    fn stable_split_barely_moves_when_an_example_is_added() {
+        let data: Examples = (0..400)
+            .map(|i| (format!("l{}", i % 4), format!("message number {i}")))
+            .collect();
+        let mut more = data.clone();
+        more.push(("l2".into(), "one more message".into()));
+
+        let (_, before) = stable_split(&data, 0.15, 1);
+        let (_, after) = stable_split(&more, 0.15, 1);
+        let kept = before.iter().filter(|e| after.contains(e)).count();
+        assert!(kept + 1 >= before.len(), "{kept} of {}", before.len());
+        // The shuffled split draws a new sample of every label after l2.
+        let (_, shuffled_before) = stratified_split(&data, 0.15, 1);
+        let (_, shuffled_after) = stratified_split(&more, 0.15, 1);
+        let kept_shuffled = shuffled_before
+            .iter()
+            .filter(|e| shuffled_after.contains(e))
+            .count();
+        assert!(kept_shuffled + 5 < shuffled_before.len(), "{kept_shuffled}");
+    }
+
+    #[test]
+    fn copies_of_one_wording_sit_side_by_side() {
+        let mut data: Examples = (0..200)
+            .map(|i| ("a".to_string(), format!("question {i}")))
+            .collect();
+        for copy in ["How do I TOP UP?", "how do i top up", "How do I top-up ?!"] {
+            data.push(("a".into(), copy.into()));
+        }
+        for seed in 0..20 {
+            let ordered = &hashed_by_label(&data, seed)[0];
+            let at = |i: usize| ordered.iter().position(|&j| j == i).unwrap();
+            let mut places = [at(200), at(201), at(202)];
+            places.sort_unstable();
+            assert_eq!(places[2] - places[0], 2, "seed {seed}: {places:?}");
+        }
+        // Different wordings do not hash alike.
+        assert_ne!(
+            wording_hash("how do i top up", 1),
+            wording_hash("how do i top", 1)
+        );
+        assert_ne!(
+            wording_hash("how do i top up", 1),
+            wording_hash("how do i top up", 2)
+        );
     }
 
     #[test]
