@@ -99,8 +99,9 @@ pub struct RoutingConfig {
     pub retrain_every_minutes: u32,
     /// A model retrained while serving replaces the one in use only if it is
     /// not worse by more than this: its held-out accuracy, and with
-    /// `target_accuracy` its held-out share answered automatically, may fall
-    /// at most this much (0.03 = 3 points). 1 accepts any model.
+    /// `target_accuracy` the held-out share its calibrated confidences would
+    /// answer (`retrain::worse_by`), may fall at most this much (0.03 = 3
+    /// points). 1 accepts any model.
     pub retrain_max_drop: f64,
     /// Threads a retrain while serving may use, 0 for one per core. Training
     /// at start uses every core; while serving, fewer threads leave cores to

@@ -1507,10 +1507,14 @@ fn calibrate(
         .filter(|(_, to_oos)| !**to_oos)
         .map(|(pair, _)| *pair)
         .collect();
+    let answerable_share = answerable.len() as f64 / after.len() as f64;
     let threshold = options.target_accuracy.and_then(|target| {
         calibration::threshold_for_accuracy(&answerable, target)
-            .map(|(t, covered)| (t, covered * answerable.len() as f64 / after.len() as f64))
+            .map(|(t, covered)| (t, covered * answerable_share))
     });
+    let coverage_by_confidence = options
+        .target_accuracy
+        .map(|target| answerable_share * calibration::coverage_by_confidence(&answerable, target));
     Some(Calibration {
         temperature,
         top_label,
@@ -1521,6 +1525,7 @@ fn calibrate(
         target_accuracy: options.target_accuracy,
         threshold: threshold.map(|t| t.0),
         coverage: threshold.map(|t| t.1),
+        coverage_by_confidence,
     })
 }
 
@@ -1602,6 +1607,20 @@ mod tests {
             held, 27,
             "15% of 60 per intent, the lone example stays in training"
         );
+        // With a target both shares answered are recorded. The confidences'
+        // estimate needs one of the two conditions the threshold needs, so it
+        // is never the smaller.
+        let target = TrainOptions {
+            target_accuracy: Some(0.9),
+            ..split
+        };
+        let model = Classifier::train(&data, &target).unwrap();
+        let c = model.calibration().expect("calibrated");
+        let by_confidence = c.coverage_by_confidence.expect("measured with a target");
+        assert!(by_confidence > 0.0, "{c:?}");
+        assert!(by_confidence >= c.coverage.unwrap_or(0.0), "{c:?}");
+        let loaded = Classifier::from_bytes(&model.to_bytes()).unwrap();
+        assert_eq!(loaded.calibration(), model.calibration());
     }
 
     #[test]
