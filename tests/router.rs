@@ -55,7 +55,7 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
     let r = report(&scored);
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
     // Floors a little under what this model measures (0.921 accuracy, 0.921
-    // macro-F1, 0.017 ECE, 0.62 coverage at 99%), so a regression fails here.
+    // macro-F1, 0.014 ECE, 0.62 coverage at 99%), so a regression fails here.
     assert!(r.accuracy >= 0.915, "accuracy {}", r.accuracy);
     assert!(r.macro_f1 >= 0.914, "macro-F1 {}", r.macro_f1);
     assert!(r.ece <= 0.03, "ECE {}", r.ece);
@@ -65,7 +65,7 @@ fn banking77_accuracy_and_calibration_stay_above_their_floors() {
         r.coverage_at_accuracy
     );
     // The threshold chosen on held-out data keeps its promise on unseen data
-    // within noise (0.985 measured).
+    // within noise (0.987 measured).
     assert!(
         r.auto_accuracy >= 0.98,
         "auto-answered accuracy {}",
