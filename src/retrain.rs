@@ -793,19 +793,20 @@ pub fn worse_by(
         }
         // A model stored before the estimate existed has only the
         // threshold's share, which is compared with the other's.
-        let (now, then) = match (
+        let (now, then, measure) = match (
             candidate.coverage_by_confidence,
             current.coverage_by_confidence,
         ) {
-            (Some(now), Some(then)) => (now, then),
+            (Some(now), Some(then)) => (now, then, "share its confidences would answer"),
             _ => (
                 candidate.coverage.unwrap_or(0.0),
                 current.coverage.unwrap_or(0.0),
+                "share answered",
             ),
         };
         if now < then - max_drop {
             return Some(format!(
-                "share answered at the {target} target {now:.3}, against {then:.3}"
+                "held-out {measure} at the {target} target {now:.3}, against {then:.3}"
             ));
         }
     }
@@ -872,7 +873,10 @@ mod tests {
         let worse = |c: Calibration| worse_by(Some(&current), Some(&c), 0.03);
         assert_eq!(worse(by_confidence(0.50, 0.60)), None);
         let reason = worse(by_confidence(0.62, 0.55)).unwrap();
-        assert!(reason.contains("0.550, against 0.620"), "{reason}");
+        assert_eq!(
+            reason,
+            "held-out share its confidences would answer at the 0.98 target 0.550, against 0.620"
+        );
         // Against a model stored before the estimate, the thresholds' shares.
         let older = calibration(0.90, Some(0.60));
         let worse = |c: Calibration| worse_by(Some(&older), Some(&c), 0.03);
